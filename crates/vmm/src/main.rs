@@ -1,0 +1,47 @@
+//! `hearth-vmm`: runs one microVM and exits with a status that says why it ended.
+
+use std::time::Instant;
+
+use hearth_vmm::config::{VmConfig, USAGE};
+use hearth_vmm::events;
+use hearth_vmm::exit::ExitReason;
+use hearth_vmm::vmm::{block_exit_signals, Vmm};
+
+const STATUS_CONFIG_ERROR: i32 = 1;
+
+fn main() {
+    let start = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hearth-vmm: {e}");
+            std::process::exit(STATUS_CONFIG_ERROR);
+        }
+    };
+    block_exit_signals();
+    let vmm = match Vmm::build(config, start) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            eprintln!("hearth-vmm: {e}");
+            let reason = ExitReason::VmmError(e.to_string());
+            let status = if e.is_config_error() { STATUS_CONFIG_ERROR } else { reason.exit_status() };
+            std::process::exit(status);
+        }
+    };
+    let reason = vmm.run();
+    events::emit(
+        "vm-exit",
+        serde_json::json!({
+            "reason": reason.name(),
+            "detail": reason.detail(),
+            "exit_status": reason.exit_status(),
+            "uptime_ms": start.elapsed().as_millis() as u64,
+        }),
+    );
+    std::process::exit(reason.exit_status());
+}

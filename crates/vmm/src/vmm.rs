@@ -1,0 +1,514 @@
+//! Building and running one VM. `Vmm::build` is the boot recipe, in order: KVM VM →
+//! guest RAM → kernel/initrd → platform and virtio devices → command line, zero page,
+//! MP table, ACPI → vCPUs. `Vmm::run` starts the vCPUs and runs the event loop (queue
+//! notifications, device fds, control socket, signals) until the VM ends.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use hearth_devices::virtio::{self, Interrupt, VirtioDevice};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiLayout};
+use crate::boot::{self, cpuid, mptable, regs};
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::control::ControlServer;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::{AcpiPowerRegisters, BootTimer, PowerButton, SerialConsole, I8042};
+use crate::devices::mmio::{MmioSlot, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::exit::{ExitReason, VmExit};
+use crate::vcpu::Vcpus;
+use crate::{events, layout, GuestMemoryMmap};
+
+/// A build step that failed. `is_config_error` tells the caller whether the user's
+/// configuration (a file, a tap, the command line) was at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `/dev/kvm` is missing or unusable.
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be allocated.
+    #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
+    Memory {
+        /// Requested size.
+        mib: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Loading the kernel/initrd or writing boot data failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// vCPU register setup failed.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// A disk could not be opened.
+    #[error("disk {index} ({path}): {source}")]
+    Disk {
+        /// Position in `disks`.
+        index: usize,
+        /// File.
+        path: String,
+        /// Why.
+        #[source]
+        source: virtio::block::BlockError,
+    },
+    /// A NIC's tap could not be opened.
+    #[error("nic {index} (tap {tap}): {source}")]
+    Net {
+        /// Position in `nics`.
+        index: usize,
+        /// Tap name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: virtio::net::NetError,
+    },
+    /// The console, a socket or another host resource failed.
+    #[error("{what}: {source}")]
+    Host {
+        /// Which step.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BuildError {
+    /// True when the user's configuration is at fault (exit status 1).
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, BuildError::Boot(_) | BuildError::Disk { .. } | BuildError::Net { .. })
+    }
+}
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
+}
+
+fn host_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Host { what, source }
+}
+
+/// One virtio device as the VMM keeps it.
+pub struct VirtioSlot {
+    /// Slot number (address and IRQ follow from it).
+    pub slot: usize,
+    /// `block`, `net` or `rng`.
+    pub kind: &'static str,
+    /// The disk's ID or the NIC's tap, for `info`.
+    pub name: String,
+    /// The transport, shared with the vCPU threads.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// One ioeventfd per queue.
+    pub queue_events: Vec<EventFd>,
+}
+
+/// State the control socket and the event loop share.
+pub struct VmShared {
+    /// VMM start time.
+    pub start: Instant,
+    /// The configuration the VM was built from.
+    pub config: VmConfig,
+    /// The exit latch.
+    pub exit: Arc<VmExit>,
+    /// The power button.
+    pub power_button: Arc<PowerButton>,
+    /// The boot timer.
+    pub boot_timer: Arc<BootTimer>,
+    /// Virtio devices in slot order.
+    pub slots: Vec<Arc<VirtioSlot>>,
+    /// vCPU threads, once started.
+    pub vcpus: Mutex<Option<Vcpus>>,
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    shared: Arc<VmShared>,
+    vcpu_fds: Vec<VcpuFd>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    control: Option<ControlServer>,
+    // Keep the VM and KVM handles open for the VM's lifetime.
+    _vm: VmFd,
+    _kvm: Kvm,
+}
+
+fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match console {
+        // Unbuffered: a process exit must not lose console output.
+        // SAFETY: fd 1 is open for the whole process; dup gives us our own descriptor.
+        ConsoleConfig::Stdout => {
+            // SAFETY: dup(1) returns a new descriptor we own, or -1 (checked).
+            let fd = unsafe { libc::dup(1) };
+            if fd < 0 {
+                return Err(host_error("dup(stdout) for the console")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+            Box::new(unsafe { File::from_raw_fd(fd) })
+        }
+        ConsoleConfig::Off => Box::new(std::io::sink()),
+        ConsoleConfig::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(host_error(format!("console file {}", path.display())))?,
+        ),
+    })
+}
+
+fn derived_mac(tap: &str) -> [u8; 6] {
+    // Locally administered, unicast, stable for a tap name (FNV-1a).
+    let hash = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let b = hash.to_le_bytes();
+    [0x06, 0x48, b[0], b[1], b[2], b[3]]
+}
+
+impl Vmm {
+    /// Builds the VM described by `config` (already validated).
+    pub fn build(config: VmConfig, start: Instant) -> Result<Vmm, BuildError> {
+        // 1. KVM VM with in-kernel IOAPIC/LAPIC/PIT.
+        let kvm = Kvm::new().map_err(kvm_error("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
+        vm.set_tss_address(0xfffb_d000).map_err(kvm_error("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))?;
+
+        // 2. Guest RAM, mapped lazily, one KVM slot per region.
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(config.memory_mib)
+            .into_iter()
+            .map(|(start, size)| (GuestAddress(start), size as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| BuildError::Memory { mib: config.memory_mib, reason: e.to_string() })?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| BuildError::Memory { mib: config.memory_mib, reason: e.to_string() })?;
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the VMM keeps (in
+            // every device and transport) until the process ends.
+            unsafe { vm.set_user_memory_region(region) }.map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // 3. Kernel and initrd.
+        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&mem, path, kernel.end)?),
+            None => None,
+        };
+
+        // 4. Platform devices.
+        let exit = Arc::new(VmExit::new().map_err(host_error("exit eventfd"))?);
+        let irqfd = |gsi: u32| -> Result<EventFd, BuildError> {
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_error("irqfd"))?;
+            vm.register_irqfd(&fd, gsi).map_err(kvm_error("KVM_IRQFD"))?;
+            Ok(fd)
+        };
+        let mut io_bus = Bus::default();
+        let mut mmio_bus = Bus::default();
+        let console = open_console(&config.console)?;
+        io_bus.insert(u64::from(layout::COM1_PORT), 8, Arc::new(SerialConsole::new(irqfd(layout::COM1_IRQ)?, console)));
+        io_bus.insert(u64::from(layout::I8042_DATA_PORT), 5, Arc::new(I8042::new(exit.clone())));
+        io_bus.insert(u64::from(layout::ACPI_SLEEP_CONTROL_PORT), 3, Arc::new(AcpiPowerRegisters::new(exit.clone())));
+        let power_button = Arc::new(PowerButton::new(irqfd(layout::GED_IRQ)?));
+        mmio_bus.insert(layout::GED_ADDR, layout::GED_SIZE, power_button.clone());
+        let boot_timer = Arc::new(BootTimer::new(start));
+        mmio_bus.insert(layout::BOOT_TIMER_ADDR, 1, boot_timer.clone());
+
+        // Virtio devices: disks, then NICs, then rng.
+        let mut devices: Vec<(&'static str, String, Box<dyn VirtioDevice>)> = Vec::new();
+        for (index, disk) in config.disks.iter().enumerate() {
+            let block = virtio::block::Block::new(&disk.path, disk.read_only, disk.id.clone(), disk.rate_limit.clone())
+                .map_err(|source| BuildError::Disk { index, path: disk.path.display().to_string(), source })?;
+            let name = disk.id.clone().unwrap_or_else(|| disk.path.display().to_string());
+            devices.push(("block", name, Box::new(block)));
+        }
+        for (index, nic) in config.nics.iter().enumerate() {
+            let mac = nic.mac.as_deref().and_then(crate::config::parse_mac).unwrap_or_else(|| derived_mac(&nic.tap));
+            let net = virtio::net::Net::new(&nic.tap, mac, nic.rate_limit.clone())
+                .map_err(|source| BuildError::Net { index, tap: nic.tap.clone(), source })?;
+            devices.push(("net", nic.tap.clone(), Box::new(net)));
+        }
+        if config.rng {
+            devices.push(("rng", "rng".into(), Box::new(virtio::rng::Rng::new())));
+        }
+        let mut slots = Vec::new();
+        for (slot, (kind, name, device)) in devices.into_iter().enumerate() {
+            let addr = layout::virtio_slot_addr(slot);
+            let interrupt = Arc::new(Interrupt::new(irqfd(layout::virtio_slot_irq(slot))?));
+            let transport = MmioTransport::new(device, mem.clone(), interrupt);
+            let mut queue_events = Vec::new();
+            for queue in 0..transport.queue_count() {
+                let event = EventFd::new(libc::EFD_NONBLOCK).map_err(host_error("ioeventfd"))?;
+                vm.register_ioevent(&event, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET), queue as u32)
+                    .map_err(kvm_error("KVM_IOEVENTFD"))?;
+                queue_events.push(event);
+            }
+            let transport = Arc::new(Mutex::new(transport));
+            mmio_bus.insert(addr, layout::VIRTIO_MMIO_SIZE, Arc::new(MmioSlot(transport.clone())));
+            slots.push(Arc::new(VirtioSlot { slot, kind, name, transport, queue_events }));
+        }
+
+        // 5. Command line, zero page, MP table, ACPI.
+        let cmdline = boot::build_cmdline(&config.cmdline, slots.len())?;
+        boot::write_boot_params(&mem, &kernel, &cmdline, initrd)?;
+        boot::write_bytes(&mem, layout::EBDA_START, &mptable::build(config.vcpus))?;
+        let tables = acpi::build(AcpiLayout { vcpus: config.vcpus, virtio_slots: slots.len() });
+        for table in &tables {
+            boot::write_bytes(&mem, table.address, &table.bytes)?;
+        }
+        if let Some(dir) = &config.dump_acpi {
+            std::fs::create_dir_all(dir).map_err(host_error(format!("create {}", dir.display())))?;
+            for table in &tables {
+                let path = dir.join(format!("{}.dat", table.signature));
+                std::fs::write(&path, &table.bytes).map_err(host_error(format!("write {}", path.display())))?;
+            }
+        }
+
+        // 6. vCPUs.
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpu_fds = Vec::new();
+        for index in 0..config.vcpus {
+            let vcpu = vm.create_vcpu(u64::from(index)).map_err(kvm_error("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::normalize(&mut cpuid, index, config.vcpus);
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_error("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&vcpu)?;
+            if index == 0 {
+                regs::setup_regs(&vcpu, kernel.entry.0)?;
+                regs::setup_fpu(&vcpu)?;
+                regs::setup_sregs(&mem, &vcpu)?;
+            }
+            regs::setup_lapic(&vcpu)?;
+            vcpu_fds.push(vcpu);
+        }
+
+        // 7. Control socket last, so that a failed build leaves no socket behind.
+        let control = match &config.control_socket {
+            Some(path) => Some(ControlServer::bind(path).map_err(host_error(format!("control socket {}", path.display())))?),
+            None => None,
+        };
+
+        let shared = Arc::new(VmShared {
+            start,
+            config,
+            exit,
+            power_button,
+            boot_timer,
+            slots,
+            vcpus: Mutex::new(None),
+        });
+        Ok(Vmm {
+            shared,
+            vcpu_fds,
+            io_bus: Arc::new(io_bus),
+            mmio_bus: Arc::new(mmio_bus),
+            control,
+            _vm: vm,
+            _kvm: kvm,
+        })
+    }
+
+    /// Runs the VM until it ends and returns why.
+    pub fn run(mut self) -> ExitReason {
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> = match EventManager::new() {
+            Ok(manager) => manager,
+            Err(e) => return ExitReason::VmmError(format!("event manager: {e:?}")),
+        };
+        for slot in &self.shared.slots {
+            manager.add_subscriber(Arc::new(Mutex::new(VirtioHandler { slot: slot.clone(), sources: Vec::new() })));
+        }
+        manager.add_subscriber(Arc::new(Mutex::new(ExitHandler(self.shared.exit.clone()))));
+        match SignalHandler::new(self.shared.exit.clone()) {
+            Ok(handler) => {
+                manager.add_subscriber(Arc::new(Mutex::new(handler)));
+            }
+            Err(e) => return ExitReason::VmmError(format!("signalfd: {e}")),
+        }
+        if let Some(control) = self.control.take() {
+            match control.into_handler(self.shared.clone()) {
+                Ok(handler) => {
+                    manager.add_subscriber(Arc::new(Mutex::new(handler)));
+                }
+                Err(e) => return ExitReason::VmmError(format!("control socket: {e}")),
+            }
+        }
+        if let Err(e) = crate::vcpu::install_kick_handler() {
+            return ExitReason::VmmError(format!("vCPU kick signal handler: {e}"));
+        }
+        let vcpu_fds = std::mem::take(&mut self.vcpu_fds);
+        match Vcpus::start(vcpu_fds, self.io_bus.clone(), self.mmio_bus.clone(), self.shared.exit.clone()) {
+            Ok(vcpus) => *self.shared.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpus),
+            Err(e) => return ExitReason::VmmError(format!("start vCPU threads: {e}")),
+        }
+        events::emit(
+            "vm-started",
+            serde_json::json!({
+                "pid": std::process::id(),
+                "vcpus": self.shared.config.vcpus,
+                "memory_mib": self.shared.config.memory_mib,
+                "devices": self.shared.slots.iter().map(|s| s.kind).collect::<Vec<_>>(),
+                "startup_us": self.shared.start.elapsed().as_micros() as u64,
+            }),
+        );
+        while !self.shared.exit.is_requested() {
+            if let Err(e) = manager.run() {
+                self.shared.exit.request(ExitReason::VmmError(format!("event loop: {e:?}")));
+            }
+        }
+        self.shared.exit.reason().unwrap_or_else(|| ExitReason::VmmError("exit without a reason".into()))
+    }
+
+    /// The shared state (for tests and the control socket).
+    pub fn shared(&self) -> &Arc<VmShared> {
+        &self.shared
+    }
+}
+
+/// Dispatches a virtio slot's queue ioeventfds and device fds.
+struct VirtioHandler {
+    slot: Arc<VirtioSlot>,
+    sources: Vec<u32>,
+}
+
+/// Tokens at or above this are device event sources; below are queue indexes.
+const DEVICE_TOKEN_BASE: u32 = 1 << 16;
+
+impl MutEventSubscriber for VirtioHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, event) in self.slot.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
+                events::emit("vmm-warning", serde_json::json!({ "error": format!("watch queue {index}: {e:?}") }));
+            }
+        }
+        let sources = self.slot.transport.lock().unwrap_or_else(|e| e.into_inner()).device().event_sources();
+        for source in sources {
+            let data = DEVICE_TOKEN_BASE + source.token;
+            if let Err(e) = ops.add(Events::with_data_raw(source.fd, data, source.events)) {
+                events::emit("vmm-warning", serde_json::json!({ "error": format!("watch device fd: {e:?}") }));
+            }
+            self.sources.push(data);
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let data = events.data();
+        let mut transport = self.slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if data < DEVICE_TOKEN_BASE {
+            if let Some(event) = self.slot.queue_events.get(data as usize) {
+                let _ = event.read();
+            }
+            transport.notify_queue(data as usize);
+        } else {
+            transport.device_event(data - DEVICE_TOKEN_BASE, events.event_set());
+        }
+    }
+}
+
+/// Wakes the loop when an exit is requested.
+struct ExitHandler(Arc<VmExit>);
+
+impl MutEventSubscriber for ExitHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.0.event(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.event().read();
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP (blocked in every thread by `block_exit_signals`) end the
+/// VM as killed.
+struct SignalHandler {
+    fd: File,
+    exit: Arc<VmExit>,
+}
+
+const EXIT_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn exit_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in EXIT_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocks the exit signals in the calling thread (call before any thread starts, so that
+/// every thread inherits the mask and only the signalfd sees them).
+pub fn block_exit_signals() {
+    let set = exit_signal_set();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+impl SignalHandler {
+    fn new(exit: Arc<VmExit>) -> std::io::Result<Self> {
+        let set = exit_signal_set();
+        // SAFETY: `set` is initialised; -1 asks for a new descriptor, checked below.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(Self { fd: unsafe { File::from_raw_fd(fd) }, exit })
+    }
+}
+
+impl MutEventSubscriber for SignalHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::with_data_raw(self.fd.as_raw_fd(), 0, EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        if let Ok(n) = std::io::Read::read(&mut self.fd, &mut info) {
+            if n == info.len() {
+                let signal = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32;
+                let name = match signal {
+                    libc::SIGTERM => "SIGTERM",
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGHUP => "SIGHUP",
+                    _ => "signal",
+                };
+                self.exit.request(ExitReason::Killed(format!("{name} received")));
+            }
+        }
+    }
+}
+
+/// Path of the control socket, removed when dropped.
+#[derive(Debug)]
+pub struct SocketPath(pub PathBuf);
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
