@@ -1,0 +1,173 @@
+//! hearth-probe: a freestanding x86-64 guest that exercises hearth-vmm's virtual hardware.
+//!
+//! The VMM boots it like a Linux `vmlinux` (64-bit long mode, identity-mapped first 4 GiB,
+//! `RSI` = zero page). It prints one `probe: ...` line per fact on COM1, initialises the
+//! virtio-mmio devices named on the command line and runs the ops of `probe.ops=`.
+//! KVM's instruction emulator runs it on the development machines, so the code avoids SSE,
+//! `core::fmt` and anything that could panic through formatting code.
+
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+/// Prints one line: `probe: ` followed by each part (see [`uart::Out`]) and `\n`.
+macro_rules! say {
+    ($($part:expr),* $(,)?) => {{
+        #[allow(unused_imports)]
+        use $crate::uart::Out as _;
+        $crate::uart::write(b"probe: ");
+        $( ($part).out(); )*
+        $crate::uart::write(b"\n");
+    }};
+}
+
+mod acpi;
+mod block;
+mod cmdline;
+mod io;
+mod net;
+mod rt;
+mod uart;
+mod virtio;
+
+use core::cell::UnsafeCell;
+
+use cmdline::BootParams;
+use uart::{Dec, HexBytes};
+use virtio::{Device, ID_BLOCK, ID_NET, ID_RNG, MAX_DEVICES};
+
+/// Ops run when the command line has no `probe.ops=`.
+const DEFAULT_OPS: &[u8] = b"timer,poweroff";
+
+/// A static shared between the single-threaded probe and its devices (through DMA).
+/// Rust code reaches it only through the raw pointer of [`Global::get`].
+pub struct Global<T>(UnsafeCell<T>);
+
+// SAFETY: the probe runs on one vCPU with interrupts off: no two Rust contexts ever touch a
+// `Global` at the same time.
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    /// Wraps the initial value.
+    pub const fn new(value: T) -> Self {
+        Self(UnsafeCell::new(value))
+    }
+
+    /// Pointer to the value.
+    pub const fn get(&self) -> *mut T {
+        self.0.get()
+    }
+
+    /// Guest-physical address of the value (the first 4 GiB are identity mapped).
+    pub fn addr(&self) -> u64 {
+        self.get() as u64
+    }
+}
+
+/// Rust entry point, called by `_start` (see `rt.rs`) with the zero-page address.
+extern "C" fn probe_main(zero_page: usize) -> ! {
+    say!("hearth probe guest v1");
+    // SAFETY: the boot protocol hands the zero page's address in RSI, which `_start` passes here.
+    let boot = unsafe { BootParams::new(zero_page) };
+    let line = boot.cmdline();
+    say!("cmdline ", line);
+
+    let mut devices = [Device::EMPTY; MAX_DEVICES];
+    virtio::discover(line, &mut devices);
+
+    let ops = cmdline::value(line, b"probe.ops").unwrap_or(DEFAULT_OPS);
+    for op in ops.split(|&b| b == b',').filter(|op| !op.is_empty()) {
+        run(op, line, &boot, &mut devices);
+    }
+    io::poweroff()
+}
+
+/// The first initialised device of type `id`.
+fn first(devices: &mut [Device], id: u32) -> Option<&mut Device> {
+    devices.iter_mut().find(|d| d.ready && d.id == id)
+}
+
+/// Runs one op of `probe.ops=`; ops that end the VM do not return.
+fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
+    if let Some(size) = op.strip_prefix(b"blk-seqwrite=") {
+        match (cmdline::parse_u64(size), first(devices, ID_BLOCK)) {
+            (Some(mib), Some(disk)) => block::seqwrite(disk, mib),
+            (None, _) => say!("unknown op ", op),
+            (_, None) => say!("seqwrite failed no block device"),
+        }
+        return;
+    }
+    match op {
+        b"timer" => {
+            io::boot_timer();
+            say!("boot timer written");
+        }
+        b"cpus" => acpi::cpus(boot.acpi_rsdp_addr()),
+        b"blk-counter" => match first(devices, ID_BLOCK) {
+            Some(disk) => block::counter(disk),
+            None => say!("blk-counter failed no block device"),
+        },
+        b"blk-ro-check" => match first(devices, ID_BLOCK) {
+            Some(disk) => block::ro_check(disk),
+            None => say!("blk-ro-check failed no block device"),
+        },
+        b"blk-badreq" => match first(devices, ID_BLOCK) {
+            Some(disk) => block::bad_requests(disk),
+            None => say!("blk-badreq failed no block device"),
+        },
+        b"rng" => match first(devices, ID_RNG) {
+            Some(rng) => entropy(rng),
+            None => say!("rng failed no rng device"),
+        },
+        b"net-echo" => {
+            let ip = cmdline::value(line, b"probe.ip").and_then(cmdline::parse_ip);
+            match (ip, first(devices, ID_NET)) {
+                (Some(ip), Some(nic)) => net::echo(nic, ip),
+                (None, _) => say!("net-echo needs probe.ip"),
+                (_, None) => say!("net-echo failed no net device"),
+            }
+        }
+        b"wait" => loop {
+            if io::power_button_pressed() {
+                say!("power button");
+                io::poweroff();
+            }
+        },
+        b"hang" => {
+            say!("hanging");
+            io::hang()
+        }
+        b"poweroff" => io::poweroff(),
+        b"reboot" => io::reboot(),
+        b"acpi-reset" => io::acpi_reset(),
+        b"triple-fault" => {
+            say!("triple fault");
+            io::triple_fault()
+        }
+        _ => say!("unknown op ", op),
+    }
+}
+
+/// The `rng` op: 16 bytes from the entropy device, printed as hex.
+fn entropy(rng: &mut Device) {
+    static POOL: Global<[u8; 16]> = Global::new([0; 16]);
+    let mut got = 0u32;
+    for _ in 0..16 {
+        if got >= 16 {
+            break;
+        }
+        let buf = virtio::Buf::writable(POOL.addr() + u64::from(got), 16 - got);
+        match rng.transfer(0, &[buf], virtio::WAIT_POLLS) {
+            Some(len) => got += len.min(16 - got),
+            None => return,
+        }
+    }
+    // SAFETY: the device has returned every buffer, so nothing writes `POOL` any more.
+    let bytes = unsafe { &*POOL.get() };
+    if got < 16 {
+        say!("rng short read ", Dec(u64::from(got)));
+    } else {
+        say!("rng ", HexBytes(bytes));
+    }
+}
