@@ -3,13 +3,13 @@
 //! `\_S5_`, and every virtio-mmio slot as `LNRO0005`, so a stock kernel finds them.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 
 use crate::layout;
 
@@ -54,7 +54,11 @@ fn dsdt_body(virtio_slots: usize) -> Vec<u8> {
     // \_S5_: SLP_TYPa = SLP_TYPb = 5, matching the sleep control register device.
     let s5_type = layout::S5_SLEEP_TYPE;
     let zero = aml::ZERO;
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&s5_type, &s5_type, &zero, &zero])).to_aml_bytes(&mut body);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&s5_type, &s5_type, &zero, &zero]),
+    )
+    .to_aml_bytes(&mut body);
 
     let mut devices: Vec<Vec<u8>> = Vec::new();
 
@@ -103,12 +107,7 @@ fn dsdt_body(virtio_slots: usize) -> Vec<u8> {
     let notify = aml::Notify::new(&pwrb, &notify_value);
     let store = aml::Store::new(&local0, &gdat);
     let if_pressed = aml::If::new(&pressed, vec![&notify]);
-    let evt = aml::Method::new(
-        "_EVT".into(),
-        1,
-        true,
-        vec![&store, &if_pressed],
-    );
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&store, &if_pressed]);
     devices.push(to_bytes(&aml::Device::new(
         "GED0".into(),
         vec![
@@ -122,7 +121,11 @@ fn dsdt_body(virtio_slots: usize) -> Vec<u8> {
     )));
 
     for slot in 0..virtio_slots {
-        let window = aml::Memory32Fixed::new(true, layout::virtio_slot_addr(slot) as u32, layout::VIRTIO_MMIO_SIZE as u32);
+        let window = aml::Memory32Fixed::new(
+            true,
+            layout::virtio_slot_addr(slot) as u32,
+            layout::VIRTIO_MMIO_SIZE as u32,
+        );
         let irq = aml::Interrupt::new(true, true, false, false, layout::virtio_slot_irq(slot));
         let crs = aml::ResourceTemplate::new(vec![&window, &irq]);
         let uid = slot as u32;
@@ -224,9 +227,16 @@ mod tests {
 
     #[test]
     fn tables_fit_the_acpi_area_with_valid_checksums() {
-        let tables = build(AcpiLayout { vcpus: 32, virtio_slots: crate::config::MAX_VIRTIO_DEVICES });
+        let tables = build(AcpiLayout {
+            vcpus: 32,
+            virtio_slots: crate::config::MAX_VIRTIO_DEVICES,
+        });
         for table in &tables {
-            assert!(table.address + table.bytes.len() as u64 <= layout::ACPI_END, "{}", table.signature);
+            assert!(
+                table.address + table.bytes.len() as u64 <= layout::ACPI_END,
+                "{}",
+                table.signature
+            );
             if table.signature == "RSDP" {
                 assert_eq!(sum(&table.bytes[..20]), 0);
                 assert_eq!(sum(&table.bytes), 0);
@@ -241,7 +251,10 @@ mod tests {
 
     #[test]
     fn madt_lists_one_local_apic_per_vcpu() {
-        let tables = build(AcpiLayout { vcpus: 4, virtio_slots: 1 });
+        let tables = build(AcpiLayout {
+            vcpus: 4,
+            virtio_slots: 1,
+        });
         let madt = &tables.iter().find(|t| t.signature == "APIC").unwrap().bytes;
         let mut offset = 44;
         let mut cpus = 0;
@@ -256,7 +269,10 @@ mod tests {
 
     #[test]
     fn dsdt_names_every_virtio_slot() {
-        let tables = build(AcpiLayout { vcpus: 1, virtio_slots: 3 });
+        let tables = build(AcpiLayout {
+            vcpus: 1,
+            virtio_slots: 3,
+        });
         let dsdt = &tables.iter().find(|t| t.signature == "DSDT").unwrap().bytes;
         let count = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
         assert_eq!(count, 3);

@@ -243,17 +243,25 @@ impl VmConfig {
         let mut iter = args.iter();
         while let Some(flag) = iter.next() {
             let mut value = |name: &str| {
-                iter.next().cloned().ok_or_else(|| usage(format!("{name} needs a value")))
+                iter.next()
+                    .cloned()
+                    .ok_or_else(|| usage(format!("{name} needs a value")))
             };
             match flag.as_str() {
                 "--config" => file = Some(PathBuf::from(value(flag)?)),
                 "--vcpus" => {
                     let v = value(flag)?;
-                    vcpus = Some(v.parse::<u8>().map_err(|_| usage(format!("--vcpus: not a number 1–{MAX_VCPUS}: {v}")))?)
+                    vcpus = Some(
+                        v.parse::<u8>()
+                            .map_err(|_| usage(format!("--vcpus: not a number 1–{MAX_VCPUS}: {v}")))?,
+                    )
                 }
                 "--memory" | "--mem" => {
                     let v = value(flag)?;
-                    memory = Some(v.parse::<u64>().map_err(|_| usage(format!("{flag}: not a number of MiB: {v}")))?)
+                    memory = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| usage(format!("{flag}: not a number of MiB: {v}")))?,
+                    )
                 }
                 "--kernel" => kernel = Some(PathBuf::from(value(flag)?)),
                 "--initrd" => initrd = Some(PathBuf::from(value(flag)?)),
@@ -275,14 +283,18 @@ impl VmConfig {
         }
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
                 serde_json::from_str::<VmConfig>(&text).map_err(|source| ConfigError::Json { path, source })?
             }
             None => VmConfig {
                 vcpus: default_vcpus(),
                 memory_mib: default_mem(),
-                kernel: kernel.clone().ok_or_else(|| usage("--kernel or --config is required".into()))?,
+                kernel: kernel
+                    .clone()
+                    .ok_or_else(|| usage("--kernel or --config is required".into()))?,
                 initrd: None,
                 cmdline: default_cmdline(),
                 disks: Vec::new(),
@@ -347,7 +359,10 @@ exit status: 0 guest power-off, 1 configuration error, 2 VMM error,
 fn check_file(what: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(ConfigError::Invalid(format!("{what} {} is not a regular file", path.display()))),
+        Ok(_) => Err(ConfigError::Invalid(format!(
+            "{what} {} is not a regular file",
+            path.display()
+        ))),
         Err(e) => Err(ConfigError::Invalid(format!("{what} {}: {e}", path.display()))),
     }
 }
@@ -360,7 +375,9 @@ fn check_limits(what: &str, limit: Option<&RateLimitConfig>) -> Result<(), Confi
     ];
     for (name, rate, burst) in pairs {
         if rate.unwrap_or(0) == 0 && burst.unwrap_or(0) != 0 {
-            return Err(ConfigError::Invalid(format!("{what}: {name}_burst given without {name}_per_sec")));
+            return Err(ConfigError::Invalid(format!(
+                "{what}: {name}_burst given without {name}_per_sec"
+            )));
         }
     }
     Ok(())
@@ -373,7 +390,12 @@ fn parse_number(key: &str, value: &str) -> Result<u64, ConfigError> {
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
-    let mut disk = DiskConfig { path: PathBuf::new(), read_only: false, id: None, rate_limit: None };
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        id: None,
+        rate_limit: None,
+    };
     let mut limit = RateLimitConfig::default();
     for part in spec.split(',') {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));
@@ -396,7 +418,11 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
 }
 
 fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
-    let mut nic = NetConfig { tap: String::new(), mac: None, rate_limit: None };
+    let mut nic = NetConfig {
+        tap: String::new(),
+        mac: None,
+        rate_limit: None,
+    };
     let mut limit = RateLimitConfig::default();
     for part in spec.split(',') {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));

@@ -87,7 +87,10 @@ pub fn answer(shared: &VmShared, line: &str, shutdown: &mut dyn FnMut(u64) -> Re
             Err(e) => return json!({ "ok": false, "error": format!("bad request: {e}") }),
         }
     } else {
-        Request { cmd: line.to_string(), timeout_ms: None }
+        Request {
+            cmd: line.to_string(),
+            timeout_ms: None,
+        }
     };
     let vcpus = shared.vcpus.lock().unwrap_or_else(|e| e.into_inner());
     match request.cmd.as_str() {
@@ -117,7 +120,9 @@ pub fn answer(shared: &VmShared, line: &str, shutdown: &mut dyn FnMut(u64) -> Re
             None => json!({ "ok": false, "error": "vCPUs not started" }),
         },
         "kill" => {
-            shared.exit.request(ExitReason::Killed("kill requested on the control socket".into()));
+            shared
+                .exit
+                .request(ExitReason::Killed("kill requested on the control socket".into()));
             json!({ "ok": true })
         }
         other => json!({
@@ -164,14 +169,29 @@ impl ControlHandler {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            if ops.add(Events::with_data_raw(fd, fd as u32 + 2, EventSet::IN | EventSet::READ_HANG_UP)).is_ok() {
-                self.connections.insert(fd, Connection { stream, buffer: Vec::new() });
+            if ops
+                .add(Events::with_data_raw(
+                    fd,
+                    fd as u32 + 2,
+                    EventSet::IN | EventSet::READ_HANG_UP,
+                ))
+                .is_ok()
+            {
+                self.connections.insert(
+                    fd,
+                    Connection {
+                        stream,
+                        buffer: Vec::new(),
+                    },
+                );
             }
         }
     }
 
     fn serve(&mut self, fd: RawFd, ops: &mut EventOps) {
-        let Some(mut connection) = self.connections.remove(&fd) else { return };
+        let Some(mut connection) = self.connections.remove(&fd) else {
+            return;
+        };
         let mut closed = false;
         let mut chunk = [0u8; 4096];
         loop {
@@ -195,7 +215,9 @@ impl ControlHandler {
             let timeout_slot = &mut self.shutdown_timeout;
             let mut arm = |ms: u64| {
                 *timeout_slot = Some(ms);
-                timer.reset(Duration::from_millis(ms.max(1)), None).map_err(|e| e.to_string())
+                timer
+                    .reset(Duration::from_millis(ms.max(1)), None)
+                    .map_err(|e| e.to_string())
             };
             let reply = answer(&self.shared, &text, &mut arm);
             // The VMM may exit right after a kill; best effort, blocking briefly.
@@ -210,7 +232,11 @@ impl ControlHandler {
             closed = true;
         }
         if closed {
-            let _ = ops.remove(Events::with_data_raw(fd, fd as u32 + 2, EventSet::IN | EventSet::READ_HANG_UP));
+            let _ = ops.remove(Events::with_data_raw(
+                fd,
+                fd as u32 + 2,
+                EventSet::IN | EventSet::READ_HANG_UP,
+            ));
         } else {
             self.connections.insert(fd, connection);
         }

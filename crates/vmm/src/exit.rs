@@ -63,7 +63,10 @@ pub struct VmExit {
 impl VmExit {
     /// A fresh, not yet requested exit.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { reason: Mutex::new(None), event: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self {
+            reason: Mutex::new(None),
+            event: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
     }
 
     /// Records `reason` unless another one came first, and wakes the event loop.

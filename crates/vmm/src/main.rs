@@ -9,6 +9,21 @@ use hearth_vmm::vmm::{block_exit_signals, Vmm};
 
 const STATUS_CONFIG_ERROR: i32 = 1;
 
+/// `error: cause: cause…`, the whole `source()` chain on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn main() {
     let start = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,7 +34,7 @@ fn main() {
     let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("hearth-vmm: {e}");
+            eprintln!("hearth-vmm: {}", error_chain(&e));
             std::process::exit(STATUS_CONFIG_ERROR);
         }
     };
@@ -27,9 +42,13 @@ fn main() {
     let vmm = match Vmm::build(config, start) {
         Ok(vmm) => vmm,
         Err(e) => {
-            eprintln!("hearth-vmm: {e}");
+            eprintln!("hearth-vmm: {}", error_chain(&e));
             let reason = ExitReason::VmmError(e.to_string());
-            let status = if e.is_config_error() { STATUS_CONFIG_ERROR } else { reason.exit_status() };
+            let status = if e.is_config_error() {
+                STATUS_CONFIG_ERROR
+            } else {
+                reason.exit_status()
+            };
             std::process::exit(status);
         }
     };

@@ -111,7 +111,22 @@ fn internal_error_detail(vcpu: &mut VcpuFd) -> String {
     let internal = unsafe { run.__bindgen_anon_1.internal };
     let count = (internal.ndata as usize).min(internal.data.len());
     let data: Vec<String> = internal.data[..count].iter().map(|d| format!("{d:#x}")).collect();
-    format!("KVM internal error, suberror {} data [{}]", internal.suberror, data.join(", "))
+    format!(
+        "KVM internal error, suberror {} data [{}]",
+        internal.suberror,
+        data.join(", ")
+    )
+}
+
+/// `rip=… rsp=… cr2=…` for crash reports (best effort).
+fn register_summary(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => format!(
+            "rip={:#x} rsp={:#x} cr2={:#x} cr3={:#x}",
+            regs.rip, regs.rsp, sregs.cr2, sregs.cr3
+        ),
+        _ => "unknown registers".into(),
+    }
 }
 
 fn run_vcpu(index: usize, mut vcpu: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control: &VcpuControl) {
@@ -138,11 +153,15 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit,
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(VcpuExit::Shutdown) => {
-                exit.request(ExitReason::GuestCrash(format!("vcpu{index}: triple fault (shutdown)")));
+                let state = register_summary(&vcpu);
+                exit.request(ExitReason::GuestCrash(format!(
+                    "vcpu{index}: triple fault (shutdown) at {state}"
+                )));
             }
             Ok(VcpuExit::InternalError) => {
                 let detail = internal_error_detail(&mut vcpu);
-                exit.request(ExitReason::GuestCrash(format!("vcpu{index}: {detail}")));
+                let state = register_summary(&vcpu);
+                exit.request(ExitReason::GuestCrash(format!("vcpu{index}: {detail} at {state}")));
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 exit.request(ExitReason::GuestCrash(format!(
@@ -152,8 +171,12 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit,
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => exit.request(ExitReason::GuestPowerOff),
                 KVM_SYSTEM_EVENT_RESET => exit.request(ExitReason::GuestReboot),
-                KVM_SYSTEM_EVENT_CRASH => exit.request(ExitReason::GuestCrash(format!("vcpu{index}: guest crash event"))),
-                other => exit.request(ExitReason::VmmError(format!("vcpu{index}: unknown system event {other}"))),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    exit.request(ExitReason::GuestCrash(format!("vcpu{index}: guest crash event")))
+                }
+                other => exit.request(ExitReason::VmmError(format!(
+                    "vcpu{index}: unknown system event {other}"
+                ))),
             },
             Ok(VcpuExit::Intr) => {}
             Ok(other) => {

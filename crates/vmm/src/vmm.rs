@@ -91,7 +91,10 @@ pub enum BuildError {
 impl BuildError {
     /// True when the user's configuration is at fault (exit status 1).
     pub fn is_config_error(&self) -> bool {
-        matches!(self, BuildError::Boot(_) | BuildError::Disk { .. } | BuildError::Net { .. })
+        matches!(
+            self,
+            BuildError::Boot(_) | BuildError::Disk { .. } | BuildError::Net { .. }
+        )
     }
 }
 
@@ -143,6 +146,8 @@ pub struct Vmm {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     control: Option<ControlServer>,
+    // Guest RAM must stay mapped while KVM may run the vCPUs.
+    _guest_memory: GuestMemoryMmap,
     // Keep the VM and KVM handles open for the VM's lifetime.
     _vm: VmFd,
     _kvm: Kvm,
@@ -156,7 +161,9 @@ fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, BuildE
             // SAFETY: dup(1) returns a new descriptor we own, or -1 (checked).
             let fd = unsafe { libc::dup(1) };
             if fd < 0 {
-                return Err(host_error("dup(stdout) for the console")(std::io::Error::last_os_error()));
+                return Err(host_error("dup(stdout) for the console")(
+                    std::io::Error::last_os_error(),
+                ));
             }
             // SAFETY: `fd` is a fresh descriptor owned by nobody else.
             Box::new(unsafe { File::from_raw_fd(fd) })
@@ -174,7 +181,9 @@ fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, BuildE
 
 fn derived_mac(tap: &str) -> [u8; 6] {
     // Locally administered, unicast, stable for a tap name (FNV-1a).
-    let hash = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let b = hash.to_le_bytes();
     [0x06, 0x48, b[0], b[1], b[2], b[3]]
 }
@@ -187,7 +196,10 @@ impl Vmm {
         let vm = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
         vm.set_tss_address(0xfffb_d000).map_err(kvm_error("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip().map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         vm.create_pit2(pit).map_err(kvm_error("KVM_CREATE_PIT2"))?;
 
         // 2. Guest RAM, mapped lazily, one KVM slot per region.
@@ -195,12 +207,17 @@ impl Vmm {
             .into_iter()
             .map(|(start, size)| (GuestAddress(start), size as usize))
             .collect();
-        let mem = GuestMemoryMmap::from_ranges(&ranges)
-            .map_err(|e| BuildError::Memory { mib: config.memory_mib, reason: e.to_string() })?;
+        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| BuildError::Memory {
+            mib: config.memory_mib,
+            reason: e.to_string(),
+        })?;
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| BuildError::Memory { mib: config.memory_mib, reason: e.to_string() })?;
+                .map_err(|e| BuildError::Memory {
+                    mib: config.memory_mib,
+                    reason: e.to_string(),
+                })?;
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,
@@ -208,8 +225,8 @@ impl Vmm {
                 userspace_addr: host as u64,
                 flags: 0,
             };
-            // SAFETY: the region is a live mmap owned by `mem`, which the VMM keeps (in
-            // every device and transport) until the process ends.
+            // SAFETY: the region is a live mmap owned by `mem`, which `Vmm` keeps (field
+            // `_guest_memory`) for as long as the VM exists.
             unsafe { vm.set_user_memory_region(region) }.map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
@@ -230,9 +247,21 @@ impl Vmm {
         let mut io_bus = Bus::default();
         let mut mmio_bus = Bus::default();
         let console = open_console(&config.console)?;
-        io_bus.insert(u64::from(layout::COM1_PORT), 8, Arc::new(SerialConsole::new(irqfd(layout::COM1_IRQ)?, console)));
-        io_bus.insert(u64::from(layout::I8042_DATA_PORT), 5, Arc::new(I8042::new(exit.clone())));
-        io_bus.insert(u64::from(layout::ACPI_SLEEP_CONTROL_PORT), 3, Arc::new(AcpiPowerRegisters::new(exit.clone())));
+        io_bus.insert(
+            u64::from(layout::COM1_PORT),
+            8,
+            Arc::new(SerialConsole::new(irqfd(layout::COM1_IRQ)?, console)),
+        );
+        io_bus.insert(
+            u64::from(layout::I8042_DATA_PORT),
+            5,
+            Arc::new(I8042::new(exit.clone())),
+        );
+        io_bus.insert(
+            u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+            3,
+            Arc::new(AcpiPowerRegisters::new(exit.clone())),
+        );
         let power_button = Arc::new(PowerButton::new(irqfd(layout::GED_IRQ)?));
         mmio_bus.insert(layout::GED_ADDR, layout::GED_SIZE, power_button.clone());
         let boot_timer = Arc::new(BootTimer::new(start));
@@ -242,14 +271,26 @@ impl Vmm {
         let mut devices: Vec<(&'static str, String, Box<dyn VirtioDevice>)> = Vec::new();
         for (index, disk) in config.disks.iter().enumerate() {
             let block = virtio::block::Block::new(&disk.path, disk.read_only, disk.id.clone(), disk.rate_limit.clone())
-                .map_err(|source| BuildError::Disk { index, path: disk.path.display().to_string(), source })?;
+                .map_err(|source| BuildError::Disk {
+                    index,
+                    path: disk.path.display().to_string(),
+                    source,
+                })?;
             let name = disk.id.clone().unwrap_or_else(|| disk.path.display().to_string());
             devices.push(("block", name, Box::new(block)));
         }
         for (index, nic) in config.nics.iter().enumerate() {
-            let mac = nic.mac.as_deref().and_then(crate::config::parse_mac).unwrap_or_else(|| derived_mac(&nic.tap));
-            let net = virtio::net::Net::new(&nic.tap, mac, nic.rate_limit.clone())
-                .map_err(|source| BuildError::Net { index, tap: nic.tap.clone(), source })?;
+            let mac = nic
+                .mac
+                .as_deref()
+                .and_then(crate::config::parse_mac)
+                .unwrap_or_else(|| derived_mac(&nic.tap));
+            let net =
+                virtio::net::Net::new(&nic.tap, mac, nic.rate_limit.clone()).map_err(|source| BuildError::Net {
+                    index,
+                    tap: nic.tap.clone(),
+                    source,
+                })?;
             devices.push(("net", nic.tap.clone(), Box::new(net)));
         }
         if config.rng {
@@ -269,14 +310,23 @@ impl Vmm {
             }
             let transport = Arc::new(Mutex::new(transport));
             mmio_bus.insert(addr, layout::VIRTIO_MMIO_SIZE, Arc::new(MmioSlot(transport.clone())));
-            slots.push(Arc::new(VirtioSlot { slot, kind, name, transport, queue_events }));
+            slots.push(Arc::new(VirtioSlot {
+                slot,
+                kind,
+                name,
+                transport,
+                queue_events,
+            }));
         }
 
         // 5. Command line, zero page, MP table, ACPI.
         let cmdline = boot::build_cmdline(&config.cmdline, slots.len())?;
         boot::write_boot_params(&mem, &kernel, &cmdline, initrd)?;
         boot::write_bytes(&mem, layout::EBDA_START, &mptable::build(config.vcpus))?;
-        let tables = acpi::build(AcpiLayout { vcpus: config.vcpus, virtio_slots: slots.len() });
+        let tables = acpi::build(AcpiLayout {
+            vcpus: config.vcpus,
+            virtio_slots: slots.len(),
+        });
         for table in &tables {
             boot::write_bytes(&mem, table.address, &table.bytes)?;
         }
@@ -289,7 +339,9 @@ impl Vmm {
         }
 
         // 6. vCPUs.
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpu_fds = Vec::new();
         for index in 0..config.vcpus {
             let vcpu = vm.create_vcpu(u64::from(index)).map_err(kvm_error("KVM_CREATE_VCPU"))?;
@@ -308,7 +360,9 @@ impl Vmm {
 
         // 7. Control socket last, so that a failed build leaves no socket behind.
         let control = match &config.control_socket {
-            Some(path) => Some(ControlServer::bind(path).map_err(host_error(format!("control socket {}", path.display())))?),
+            Some(path) => {
+                Some(ControlServer::bind(path).map_err(host_error(format!("control socket {}", path.display())))?)
+            }
             None => None,
         };
 
@@ -327,6 +381,7 @@ impl Vmm {
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(mmio_bus),
             control,
+            _guest_memory: mem,
             _vm: vm,
             _kvm: kvm,
         })
@@ -339,7 +394,10 @@ impl Vmm {
             Err(e) => return ExitReason::VmmError(format!("event manager: {e:?}")),
         };
         for slot in &self.shared.slots {
-            manager.add_subscriber(Arc::new(Mutex::new(VirtioHandler { slot: slot.clone(), sources: Vec::new() })));
+            manager.add_subscriber(Arc::new(Mutex::new(VirtioHandler {
+                slot: slot.clone(),
+                sources: Vec::new(),
+            })));
         }
         manager.add_subscriber(Arc::new(Mutex::new(ExitHandler(self.shared.exit.clone()))));
         match SignalHandler::new(self.shared.exit.clone()) {
@@ -360,7 +418,12 @@ impl Vmm {
             return ExitReason::VmmError(format!("vCPU kick signal handler: {e}"));
         }
         let vcpu_fds = std::mem::take(&mut self.vcpu_fds);
-        match Vcpus::start(vcpu_fds, self.io_bus.clone(), self.mmio_bus.clone(), self.shared.exit.clone()) {
+        match Vcpus::start(
+            vcpu_fds,
+            self.io_bus.clone(),
+            self.mmio_bus.clone(),
+            self.shared.exit.clone(),
+        ) {
             Ok(vcpus) => *self.shared.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpus),
             Err(e) => return ExitReason::VmmError(format!("start vCPU threads: {e}")),
         }
@@ -376,10 +439,15 @@ impl Vmm {
         );
         while !self.shared.exit.is_requested() {
             if let Err(e) = manager.run() {
-                self.shared.exit.request(ExitReason::VmmError(format!("event loop: {e:?}")));
+                self.shared
+                    .exit
+                    .request(ExitReason::VmmError(format!("event loop: {e:?}")));
             }
         }
-        self.shared.exit.reason().unwrap_or_else(|| ExitReason::VmmError("exit without a reason".into()))
+        self.shared
+            .exit
+            .reason()
+            .unwrap_or_else(|| ExitReason::VmmError("exit without a reason".into()))
     }
 
     /// The shared state (for tests and the control socket).
@@ -401,14 +469,26 @@ impl MutEventSubscriber for VirtioHandler {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.slot.queue_events.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
-                events::emit("vmm-warning", serde_json::json!({ "error": format!("watch queue {index}: {e:?}") }));
+                events::emit(
+                    "vmm-warning",
+                    serde_json::json!({ "error": format!("watch queue {index}: {e:?}") }),
+                );
             }
         }
-        let sources = self.slot.transport.lock().unwrap_or_else(|e| e.into_inner()).device().event_sources();
+        let sources = self
+            .slot
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .device()
+            .event_sources();
         for source in sources {
             let data = DEVICE_TOKEN_BASE + source.token;
             if let Err(e) = ops.add(Events::with_data_raw(source.fd, data, source.events)) {
-                events::emit("vmm-warning", serde_json::json!({ "error": format!("watch device fd: {e:?}") }));
+                events::emit(
+                    "vmm-warning",
+                    serde_json::json!({ "error": format!("watch device fd: {e:?}") }),
+                );
             }
             self.sources.push(data);
         }
@@ -478,7 +558,8 @@ impl SignalHandler {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(Self { fd: unsafe { File::from_raw_fd(fd) }, exit })
+        let fd = unsafe { File::from_raw_fd(fd) };
+        Ok(Self { fd, exit })
     }
 }
 

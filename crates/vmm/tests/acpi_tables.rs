@@ -10,7 +10,10 @@ fn iasl_available() -> bool {
     match Command::new("iasl").arg("-v").output() {
         Ok(_) => true,
         Err(e) => {
-            assert!(!common::in_ci(), "iasl missing under CI (scripts/test installs acpica-tools): {e}");
+            assert!(
+                !common::in_ci(),
+                "iasl missing under CI (scripts/test installs acpica-tools): {e}"
+            );
             eprintln!("SKIPPED: iasl not installed ({e}); scripts/test installs acpica-tools");
             false
         }
@@ -27,7 +30,14 @@ fn iasl_disassembles_every_table_without_errors() {
     let dump = dir.path("tables");
     let outcome = run_probe(
         "probe.ops=poweroff",
-        &["--vcpus", "2", "--disk", "path=/dev/null,ro", "--dump-acpi", dump.to_str().unwrap()],
+        &[
+            "--vcpus",
+            "2",
+            "--disk",
+            "path=/dev/null,ro",
+            "--dump-acpi",
+            dump.to_str().unwrap(),
+        ],
     );
     // /dev/null is not a regular file: the config is refused, so use a real disk instead.
     assert_eq!(outcome.status, 1, "{outcome:?}");
@@ -35,8 +45,10 @@ fn iasl_disassembles_every_table_without_errors() {
     let disk = dir.path("d.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let spec = format!("path={}", disk.display());
-    let outcome =
-        run_probe("probe.ops=poweroff", &["--vcpus", "2", "--disk", &spec, "--dump-acpi", dump.to_str().unwrap()]);
+    let outcome = run_probe(
+        "probe.ops=poweroff",
+        &["--vcpus", "2", "--disk", &spec, "--dump-acpi", dump.to_str().unwrap()],
+    );
     assert_eq!(outcome.status, 0, "{outcome:?}");
 
     for table in ["DSDT", "FACP", "APIC", "XSDT"] {
@@ -50,11 +62,22 @@ fn iasl_disassembles_every_table_without_errors() {
         assert!(!text.contains("Error"), "iasl reported errors for {table}:\n{text}");
     }
     let dsdt = std::fs::read_to_string(dump.join("DSDT.dsl")).unwrap();
-    for needle in ["LNRO0005", "ACPI0013", "PNP0C0C", "PNP0501", "_S5_", "Notify (\\_SB.PWRB, 0x80)"] {
+    for needle in [
+        "LNRO0005",
+        "ACPI0013",
+        "PNP0C0C",
+        "PNP0501",
+        "_S5_",
+        "Notify (\\_SB.PWRB, 0x80)",
+    ] {
         assert!(dsdt.contains(needle), "DSDT lacks {needle}:\n{dsdt}");
     }
     let facp = std::fs::read_to_string(dump.join("FACP.dsl")).unwrap();
     assert!(facp.contains("Hardware Reduced (V5) : 1"), "{facp}");
     let apic = std::fs::read_to_string(dump.join("APIC.dsl")).unwrap();
-    assert_eq!(apic.matches("Subtable Type : 00 [Processor Local APIC]").count(), 2, "{apic}");
+    assert_eq!(
+        apic.matches("Subtable Type : 00 [Processor Local APIC]").count(),
+        2,
+        "{apic}"
+    );
 }

@@ -14,7 +14,6 @@ fn kernel() -> Option<PathBuf> {
         return Some(PathBuf::from(path));
     }
     let output = Command::new(common::repo_root().join("scripts/build-kernel"))
-        .env("HEARTH_KERNEL_CACHED_ONLY", if common::in_ci() { "0" } else { "1" })
         .stderr(Stdio::inherit())
         .output()
         .expect("run scripts/build-kernel");
@@ -32,7 +31,16 @@ fn kernel() -> Option<PathBuf> {
 /// Boots `kernel`, reading the console until `done` matches or `timeout`; returns it.
 fn early_console(kernel: &std::path::Path, cmdline: &str, vcpus: &str, done: &str, timeout: Duration) -> String {
     let mut child = Command::new(common::vmm_binary())
-        .args(["--kernel", kernel.to_str().unwrap(), "--vcpus", vcpus, "--memory", "256", "--cmdline", cmdline])
+        .args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--vcpus",
+            vcpus,
+            "--memory",
+            "256",
+            "--cmdline",
+            cmdline,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -64,7 +72,10 @@ fn early_console(kernel: &std::path::Path, cmdline: &str, vcpus: &str, done: &st
     let mut stderr = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
     let text = String::from_utf8_lossy(&console).to_string();
-    assert!(text.contains(done), "no {done:?} within {timeout:?}; console:\n{text}\nstderr:\n{stderr}");
+    assert!(
+        text.contains(done),
+        "no {done:?} within {timeout:?}; console:\n{text}\nstderr:\n{stderr}"
+    );
     text
 }
 
@@ -77,14 +88,35 @@ fn linux_early_console_confirms_boot_protocol_and_acpi() {
     require_kvm!();
     let Some(kernel) = kernel() else { return };
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1 hearth.test=early";
-    let console = early_console(&kernel, cmdline, "2", "smpboot: Allowing 2 CPUs", Duration::from_secs(120));
+    let console = early_console(
+        &kernel,
+        cmdline,
+        "2",
+        "smpboot: Allowing 2 CPUs",
+        Duration::from_secs(120),
+    );
     assert_has(&console, "Linux version 6.1");
     // The VMM appends one virtio_mmio.device= per device (here: the rng).
-    assert_has(&console, &format!("Command line: {cmdline} virtio_mmio.device=4K@0xd0000000:5"));
-    assert_has(&console, "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable");
-    assert_has(&console, "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved");
-    assert_has(&console, "BIOS-e820: [mem 0x00000000000e0000-0x00000000000fffff] reserved");
-    assert_has(&console, "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable");
+    assert_has(
+        &console,
+        &format!("Command line: {cmdline} virtio_mmio.device=4K@0xd0000000:5"),
+    );
+    assert_has(
+        &console,
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+    );
+    assert_has(
+        &console,
+        "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+    );
+    assert_has(
+        &console,
+        "BIOS-e820: [mem 0x00000000000e0000-0x00000000000fffff] reserved",
+    );
+    assert_has(
+        &console,
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+    );
     assert_has(&console, "Hypervisor detected: KVM");
     for table in ["RSDP 0x00000000000E0000", "XSDT 0x", "FACP 0x", "DSDT 0x", "APIC 0x"] {
         assert_has(&console, &format!("ACPI: {table}"));

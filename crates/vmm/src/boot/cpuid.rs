@@ -45,14 +45,12 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
                 entry.edx &= !EDX_HTT;
             }
         }
-        LEAF_CACHE_PARAMETERS => {
-            if entry.eax & 0x1f != 0 {
-                // [31:26] cores per package - 1; [25:14] threads sharing this cache - 1:
-                // L1/L2 are per core (one thread), L3 is shared by the package.
-                let level = (entry.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
-                entry.eax = (entry.eax & 0x3fff) | (sharing << 14) | ((count - 1) << 26);
-            }
+        // A cache descriptor (type != 0): [31:26] cores per package - 1; [25:14] threads
+        // sharing this cache - 1. L1/L2 are per core (one thread), L3 is package-wide.
+        LEAF_CACHE_PARAMETERS if entry.eax & 0x1f != 0 => {
+            let level = (entry.eax >> 5) & 0x7;
+            let sharing = if level >= 3 { count - 1 } else { 0 };
+            entry.eax = (entry.eax & 0x3fff) | (sharing << 14) | ((count - 1) << 26);
         }
         LEAF_EXTENDED_TOPOLOGY | LEAF_V2_EXTENDED_TOPOLOGY => {
             entry.edx = apic_id;
@@ -83,7 +81,11 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]

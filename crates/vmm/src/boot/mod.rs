@@ -86,7 +86,12 @@ pub struct LoadedKernel {
 /// Loads an ELF vmlinux (at its physical addresses) or a bzImage (at 1 MiB).
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let display = path.display().to_string();
-    let open = || File::open(path).map_err(|source| BootError::OpenKernel { path: display.clone(), source });
+    let open = || {
+        File::open(path).map_err(|source| BootError::OpenKernel {
+            path: display.clone(),
+            source,
+        })
+    };
     let himem = Some(GuestAddress(layout::HIMEM_START));
     let elf_error = match Elf::load(mem, None, &mut open()?, himem) {
         Ok(result) => {
@@ -104,14 +109,21 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             setup_header: result.setup_header,
             end: result.kernel_end,
         }),
-        Err(bzimage) => Err(BootError::LoadKernel { path: display, elf: elf_error, bzimage }),
+        Err(bzimage) => Err(BootError::LoadKernel {
+            path: display,
+            elf: elf_error,
+            bzimage,
+        }),
     }
 }
 
 /// Loads the initrd page-aligned at the top of low RAM (below the MMIO gap, above the
 /// kernel). Returns (address, size).
 pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
-    let fail = |reason: String| BootError::Initrd { path: path.display().to_string(), reason };
+    let fail = |reason: String| BootError::Initrd {
+        path: path.display().to_string(),
+        reason,
+    };
     let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
     let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let low_end = mem.iter().next().map(|r| r.start_addr().0 + r.len()).unwrap_or(0);
@@ -274,7 +286,11 @@ mod tests {
     #[test]
     fn zero_page_has_cmdline_and_e820() {
         let mem = memory(64);
-        let kernel = LoadedKernel { entry: GuestAddress(0x200000), setup_header: None, end: 0x300000 };
+        let kernel = LoadedKernel {
+            entry: GuestAddress(0x200000),
+            setup_header: None,
+            end: 0x300000,
+        };
         let cmdline = build_cmdline("console=ttyS0", 0).unwrap();
         write_boot_params(&mem, &kernel, &cmdline, Some((0x3000000, 0x1000))).unwrap();
         let params: ZeroPage = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();

@@ -52,10 +52,14 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
-    let limit = if granularity == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
+    let limit = if granularity == 1 {
+        (limit_raw << 12) | 0xfff
+    } else {
+        limit_raw
+    };
     kvm_segment {
         base,
         limit,
@@ -120,7 +124,10 @@ pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd) -> Result<(), RegsError
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     let write = |value: u64, addr: u64| {
         mem.write_obj(value, GuestAddress(addr))
-            .map_err(|source| RegsError::Memory { what: "page tables", source })
+            .map_err(|source| RegsError::Memory {
+                what: "page tables",
+                source,
+            })
     };
     write(layout::PDPT_START | 0x03, layout::PML4_START)?;
     for dir in 0..4u64 {
@@ -148,7 +155,11 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
 
 /// x87/SSE control words as after `fninit`.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
 }
 
@@ -167,7 +178,11 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 
 /// The MSRs a freshly reset CPU would have as Linux expects them at entry.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let entry = |index: u32, data: u64| kvm_msr_entry { index, data, ..Default::default() };
+    let entry = |index: u32, data: u64| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     let entries = [
         entry(MSR_IA32_SYSENTER_CS, 0),
         entry(MSR_IA32_SYSENTER_ESP, 0),
@@ -241,7 +256,9 @@ mod tests {
         write_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4, layout::PDPT_START | 3);
-        let last: u64 = mem.read_obj(GuestAddress(layout::PD_START + 3 * 0x1000 + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(layout::PD_START + 3 * 0x1000 + 511 * 8))
+            .unwrap();
         assert_eq!(last, ((4u64 << 30) - (2 << 20)) | 0x83);
     }
 }

@@ -28,7 +28,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &Arc<dyn BusDevice>)> {
-        let index = self.ranges.partition_point(|(base, _, _)| *base <= addr).checked_sub(1)?;
+        let index = self
+            .ranges
+            .partition_point(|(base, _, _)| *base <= addr)
+            .checked_sub(1)?;
         let (base, len, device) = &self.ranges[index];
         (addr - base < *len).then_some((addr - base, device))
     }

@@ -55,7 +55,11 @@ impl BusDevice for SerialConsole {
     fn write(&self, offset: u64, data: &[u8]) {
         if let Some(value) = data.first() {
             // An output error (full disk, closed pipe) must not stop the guest.
-            let _ = self.0.lock().unwrap_or_else(|e| e.into_inner()).write(offset as u8, *value);
+            let _ = self
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(offset as u8, *value);
         }
     }
 }
@@ -78,7 +82,11 @@ impl BusDevice for I8042 {
     }
     fn write(&self, offset: u64, data: &[u8]) {
         if let Some(value) = data.first() {
-            let _ = self.0.lock().unwrap_or_else(|e| e.into_inner()).write(offset as u8, *value);
+            let _ = self
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(offset as u8, *value);
         }
     }
 }
@@ -104,9 +112,7 @@ impl BusDevice for AcpiPowerRegisters {
     fn write(&self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         let port = layout::ACPI_SLEEP_CONTROL_PORT + offset as u16;
-        if port == layout::ACPI_SLEEP_CONTROL_PORT
-            && value & SLP_EN != 0
-            && (value >> 2) & 0x7 == layout::S5_SLEEP_TYPE
+        if port == layout::ACPI_SLEEP_CONTROL_PORT && value & SLP_EN != 0 && (value >> 2) & 0x7 == layout::S5_SLEEP_TYPE
         {
             self.exit.request(ExitReason::GuestPowerOff);
         } else if port == layout::ACPI_RESET_PORT && value == layout::ACPI_RESET_VALUE {
@@ -129,7 +135,11 @@ pub const GED_POWER_BUTTON: u32 = 1;
 impl PowerButton {
     /// GED interrupting through `irq`.
     pub fn new(irq: EventFd) -> Self {
-        Self { pending: AtomicU32::new(0), irq, presses: AtomicU64::new(0) }
+        Self {
+            pending: AtomicU32::new(0),
+            irq,
+            presses: AtomicU64::new(0),
+        }
     }
 
     /// Presses the power button: the guest's ACPI sees a Notify(PWRB, 0x80).
@@ -147,7 +157,11 @@ impl PowerButton {
 
 impl BusDevice for PowerButton {
     fn read(&self, offset: u64, data: &mut [u8]) {
-        let value = if offset == 0 { self.pending.swap(0, Ordering::SeqCst) } else { 0 };
+        let value = if offset == 0 {
+            self.pending.swap(0, Ordering::SeqCst)
+        } else {
+            0
+        };
         let bytes = value.to_le_bytes();
         for (i, b) in data.iter_mut().enumerate() {
             *b = bytes.get(i).copied().unwrap_or(0);
@@ -169,7 +183,10 @@ pub const BOOT_TIMER_MAGIC: u8 = 123;
 impl BootTimer {
     /// Timer counting from `start` (the VMM's start).
     pub fn new(start: Instant) -> Self {
-        Self { start, boot_us: AtomicU64::new(0) }
+        Self {
+            start,
+            boot_us: AtomicU64::new(0),
+        }
     }
 
     /// Microseconds from VMM start to the first marker, if written.
@@ -188,8 +205,15 @@ impl BusDevice for BootTimer {
     fn write(&self, offset: u64, data: &[u8]) {
         if offset == 0 && data.first() == Some(&BOOT_TIMER_MAGIC) {
             let us = (self.start.elapsed().as_micros() as u64).max(1);
-            if self.boot_us.compare_exchange(0, us, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                events::emit("boot-timer", serde_json::json!({ "boot_us": us, "boot_ms": us as f64 / 1000.0 }));
+            if self
+                .boot_us
+                .compare_exchange(0, us, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                events::emit(
+                    "boot-timer",
+                    serde_json::json!({ "boot_us": us, "boot_ms": us as f64 / 1000.0 }),
+                );
             }
         }
     }

@@ -3,9 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use hearth_devices::virtio::{
-    Interrupt, QueueContext, VirtioDevice, INTERRUPT_CONFIG_CHANGE, VIRTIO_F_VERSION_1,
-};
+use hearth_devices::virtio::{Interrupt, QueueContext, VirtioDevice, INTERRUPT_CONFIG_CHANGE, VIRTIO_F_VERSION_1};
 use virtio_queue::{Queue, QueueT};
 
 use super::bus::BusDevice;
@@ -111,14 +109,22 @@ impl MmioTransport {
         if !self.activated || index >= self.queues.len() || !self.queues[index].ready() {
             return;
         }
-        let mut ctx = QueueContext { mem: &self.mem, queues: &mut self.queues, interrupt: &self.interrupt };
+        let mut ctx = QueueContext {
+            mem: &self.mem,
+            queues: &mut self.queues,
+            interrupt: &self.interrupt,
+        };
         self.device.process_queue(index, &mut ctx);
     }
 
     /// One of the device's own event sources fired.
     pub fn device_event(&mut self, token: u32, events: event_manager::EventSet) {
         if self.activated {
-            let mut ctx = QueueContext { mem: &self.mem, queues: &mut self.queues, interrupt: &self.interrupt };
+            let mut ctx = QueueContext {
+                mem: &self.mem,
+                queues: &mut self.queues,
+                interrupt: &self.interrupt,
+            };
             self.device.handle_event(token, events, Some(&mut ctx));
         } else {
             self.device.handle_event(token, events, None);
@@ -218,13 +224,12 @@ impl MmioTransport {
         };
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
-            reg::DRIVER_FEATURES => {
-                if self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK) == 0 {
-                    match self.driver_features_select {
-                        0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(value),
-                        1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(value) << 32),
-                        _ => {}
-                    }
+            // Features are fixed once FEATURES_OK is set.
+            reg::DRIVER_FEATURES if self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK) == 0 => {
+                match self.driver_features_select {
+                    0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(value),
+                    1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(value) << 32),
+                    _ => {}
                 }
             }
             reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
@@ -331,8 +336,15 @@ mod tests {
         let notified = Arc::new(Mutex::new(Vec::new()));
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let device = Fake { activated: activated.clone(), notified: notified.clone() };
-        Harness { transport: MmioTransport::new(Box::new(device), mem, interrupt), activated, notified }
+        let device = Fake {
+            activated: activated.clone(),
+            notified: notified.clone(),
+        };
+        Harness {
+            transport: MmioTransport::new(Box::new(device), mem, interrupt),
+            activated,
+            notified,
+        }
     }
 
     impl Harness {
@@ -383,7 +395,10 @@ mod tests {
         h.negotiate(1);
         assert_ne!(h.read(reg::STATUS) & STATUS_FEATURES_OK, 0);
         h.setup_queue();
-        h.write(reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        h.write(
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert!(h.transport.is_activated());
         assert_eq!(*h.activated.lock().unwrap(), Some(VIRTIO_F_VERSION_1));
         h.write(reg::QUEUE_NOTIFY, 0);
@@ -415,7 +430,10 @@ mod tests {
         h.negotiate(1);
         h.setup_queue();
         h.write(reg::QUEUE_DESC_HIGH, 0x10); // far outside 1 MiB of RAM
-        h.write(reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        h.write(
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert!(!h.transport.is_activated());
         assert_ne!(h.read(reg::STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
         h.write(reg::QUEUE_NOTIFY, 0);
@@ -427,7 +445,10 @@ mod tests {
         let mut h = harness();
         h.negotiate(1);
         h.setup_queue();
-        h.write(reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        h.write(
+            reg::STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         h.write(reg::QUEUE_DESC_LOW, 0xdead_0000);
         assert_eq!(h.transport.queues[0].desc_table(), 0x1000);
     }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 /// Repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Path of the VMM binary under test.
@@ -104,7 +107,9 @@ pub struct Outcome {
 impl Outcome {
     /// The `vm-exit` event, parsed.
     pub fn exit_event(&self) -> serde_json::Value {
-        self.events("vm-exit").pop().unwrap_or_else(|| panic!("no vm-exit event in:\n{}", self.stderr))
+        self.events("vm-exit")
+            .pop()
+            .unwrap_or_else(|| panic!("no vm-exit event in:\n{}", self.stderr))
     }
 
     /// Every event named `name`.
@@ -194,7 +199,11 @@ pub fn spawn_vmm(args: &[String], netns: Option<&str>) -> Running {
         .expect("spawn hearth-vmm");
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
-    Running { child, stdout: Some(stdout), stderr: Some(stderr) }
+    Running {
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+    }
 }
 
 /// Arguments booting the probe with `cmdline` (the probe reads `probe.ops=`).
@@ -236,7 +245,10 @@ pub fn wait_for_path(path: &Path, timeout: Duration) {
 }
 
 fn run(command: &str, args: &[&str]) {
-    let output = Command::new(command).args(args).output().unwrap_or_else(|e| panic!("{command}: {e}"));
+    let output = Command::new(command)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
     assert!(
         output.status.success(),
         "{command} {args:?} failed: {}",
@@ -256,7 +268,10 @@ impl NetNs {
     /// Creates namespace `hearth-t<pid>-<n>` with tap `tap0` at `host_cidr`, up.
     pub fn with_tap(host_cidr: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let ns = NetNs { name: format!("hearth-t{}-{n}", std::process::id()), tap: "tap0".into() };
+        let ns = NetNs {
+            name: format!("hearth-t{}-{n}", std::process::id()),
+            tap: "tap0".into(),
+        };
         run("ip", &["netns", "add", &ns.name]);
         run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
         run("ip", &["-n", &ns.name, "tuntap", "add", "dev", &ns.tap, "mode", "tap"]);
