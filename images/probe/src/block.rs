@@ -17,8 +17,14 @@ const HEADER_LEN: u32 = 16;
 const ID_LEN: u32 = 20;
 /// Bulk writes use data segments of this size, all pointing at `BULK`.
 const SEGMENT: u32 = 64 * 1024;
-/// At most this many data segments per request (1 MiB).
+/// At most this many data segments per request.
 const MAX_SEGMENTS: usize = 16;
+/// Bulk writes use 1 MiB segments from this scratch area of guest RAM (16 MiB request),
+/// when the e820 map says it is RAM: the probe never uses that memory otherwise, and what
+/// it holds is what gets written.
+pub const SCRATCH_ADDR: u64 = 16 << 20;
+/// Size of one scratch segment.
+pub const SCRATCH_LEN: u64 = 1 << 20;
 /// Poll rounds granted to a request the device may rightly drop.
 const BAD_ADDR_POLLS: u32 = 50_000;
 /// A guest-physical address far outside any guest's RAM.
@@ -51,6 +57,8 @@ static SECTOR_BUF: Global<[u8; SECTOR as usize]> = Global::new([0; SECTOR as usi
 static CHECK_BUF: Global<[u8; SECTOR as usize]> = Global::new([0; SECTOR as usize]);
 static ID_BUF: Global<[u8; ID_LEN as usize]> = Global::new([0; ID_LEN as usize]);
 /// Whatever it holds is what bulk writes store (zeros): filling it would only cost time.
+// Packet/bulk data: never read before written, so _start need not clear it.
+#[link_section = ".noclear"]
 static BULK: Global<[u8; SEGMENT as usize]> = Global::new([0; SEGMENT as usize]);
 
 /// Sends one request on queue 0 and waits for it. The status byte (0xff if the device
@@ -173,25 +181,31 @@ pub fn ro_check(disk: &mut Device) {
     say!("write status=", Status(status));
 }
 
-/// The `blk-seqwrite=<MiB>` op: writes `mib` MiB from sector 0 in requests of up to
-/// 16 x 64 KiB segments, then flushes.
-pub fn seqwrite(disk: &mut Device, mib: u64) {
+/// The `blk-seqwrite=<MiB>` op: writes `mib` MiB from sector 0 in large requests, then
+/// flushes. Each request has up to 16 data segments of 1 MiB, all pointing at the scratch
+/// area (when the guest has RAM there), else of 64 KiB pointing at `BULK`.
+pub fn seqwrite(disk: &mut Device, mib: u64, scratch: Option<u64>) {
     let seg_limit = match disk.seg_max {
         0 => MAX_SEGMENTS,
         n => n as usize,
     };
     let queue_room = usize::from(disk.queue_size(0)).saturating_sub(2);
     let per_request = seg_limit.min(MAX_SEGMENTS).min(queue_room).max(1);
-    let segments = [Buf::readable(BULK.addr(), SEGMENT); MAX_SEGMENTS];
+    let segment = match scratch {
+        Some(addr) => Buf::readable(addr, SCRATCH_LEN as u32),
+        None => Buf::readable(BULK.addr(), SEGMENT),
+    };
+    let segment_len = u64::from(segment.len);
+    let segments = [segment; MAX_SEGMENTS];
     let mut remaining = mib.saturating_mul(1 << 20);
     let mut sector = 0u64;
     let mut status = Some(0);
     while remaining > 0 && status == Some(0) {
-        let count = usize::try_from(remaining / u64::from(SEGMENT))
+        let count = usize::try_from(remaining.div_ceil(segment_len))
             .map_or(per_request, |n| n.min(per_request))
             .max(1);
         status = request(disk, 0, T_OUT, sector, segments.get(..count).unwrap_or(&[]), WAIT_POLLS);
-        let bytes = count as u64 * u64::from(SEGMENT);
+        let bytes = count as u64 * segment_len;
         remaining = remaining.saturating_sub(bytes);
         sector += bytes / u64::from(SECTOR);
     }

@@ -2,6 +2,12 @@
 
 /// `boot_params.acpi_rsdp_addr` (u64).
 const ACPI_RSDP_ADDR: usize = 0x070;
+/// `boot_params.e820_entries` (u8).
+const E820_ENTRIES: usize = 0x1e8;
+/// `boot_params.e820_table`: 20-byte entries `u64 addr, u64 size, u32 type`.
+const E820_TABLE: usize = 0x2d0;
+/// Entries the zero page has room for.
+const E820_MAX: usize = 128;
 /// `boot_params.ext_cmd_line_ptr` (u32, high half of the command line address).
 const EXT_CMD_LINE_PTR: usize = 0x0c8;
 /// `boot_params.hdr.cmd_line_ptr` (u32).
@@ -29,6 +35,16 @@ impl BootParams {
     fn read_u64(&self, offset: usize) -> u64 {
         // SAFETY: as for `read_u32`.
         unsafe { ((self.0 + offset) as *const u64).read_unaligned() }
+    }
+
+    /// True when an e820 RAM entry (type 1) covers `[start, start + len)`.
+    pub fn is_ram(&self, start: u64, len: u64) -> bool {
+        let entries = (self.read_u32(E820_ENTRIES) & 0xff) as usize;
+        (0..entries.min(E820_MAX)).any(|i| {
+            let entry = E820_TABLE + i * 20;
+            let (addr, size, kind) = (self.read_u64(entry), self.read_u64(entry + 8), self.read_u32(entry + 16));
+            kind == 1 && addr <= start && start.saturating_add(len) <= addr.saturating_add(size)
+        })
     }
 
     /// `acpi_rsdp_addr`, 0 if the VMM gave none.

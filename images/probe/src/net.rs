@@ -24,7 +24,11 @@ const ARP_ETH_IPV4: [u8; 6] = [0, 1, 8, 0, 6, 4];
 const ARP_REQUEST: [u8; 2] = [0, 1];
 const ARP_REPLY: [u8; 2] = [0, 2];
 
+// Packet/bulk data: never read before written, so _start need not clear it.
+#[link_section = ".noclear"]
 static RX_MEM: Global<[[u8; BUF]; RX_BUFS]> = Global::new([[0; BUF]; RX_BUFS]);
+// Packet/bulk data: never read before written, so _start need not clear it.
+#[link_section = ".noclear"]
 static TX_MEM: Global<[u8; BUF]> = Global::new([0; BUF]);
 
 /// Prints `probe: net <k> mac=..`.
