@@ -122,6 +122,13 @@ fn linux_early_console_confirms_boot_protocol_and_acpi() {
         assert_has(&console, &format!("ACPI: {table}"));
     }
     assert!(!console.contains("A valid RSDP was not found"), "{console}");
+    // The CPU count Linux read from our MADT.
+    assert_has(&console, "ACPI: Using ACPI (MADT) for SMP configuration information");
+    assert_has(&console, "smpboot: Allowing 2 CPUs, 0 hotplug CPUs");
+    // 256 MiB as our e820 map describes it, in whole pages: 0x1000–0x9efff (158 pages,
+    // page 0 and the partial page below the EBDA are not counted) + 1 MiB–256 MiB
+    // (65280 pages) = 65438 pages = 261752 KiB.
+    assert_has(&console, "/261752K available (");
 }
 
 #[test]

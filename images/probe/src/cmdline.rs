@@ -42,7 +42,11 @@ impl BootParams {
         let entries = (self.read_u32(E820_ENTRIES) & 0xff) as usize;
         (0..entries.min(E820_MAX)).any(|i| {
             let entry = E820_TABLE + i * 20;
-            let (addr, size, kind) = (self.read_u64(entry), self.read_u64(entry + 8), self.read_u32(entry + 16));
+            let (addr, size, kind) = (
+                self.read_u64(entry),
+                self.read_u64(entry + 8),
+                self.read_u32(entry + 16),
+            );
             kind == 1 && addr <= start && start.saturating_add(len) <= addr.saturating_add(size)
         })
     }

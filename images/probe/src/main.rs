@@ -93,7 +93,9 @@ fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
     if let Some(size) = op.strip_prefix(b"blk-seqwrite=") {
         match (cmdline::parse_u64(size), first(devices, ID_BLOCK)) {
             (Some(mib), Some(disk)) => {
-                let scratch = boot.is_ram(block::SCRATCH_ADDR, block::SCRATCH_LEN).then_some(block::SCRATCH_ADDR);
+                let scratch = boot
+                    .is_ram(block::SCRATCH_ADDR, block::SCRATCH_LEN)
+                    .then_some(block::SCRATCH_ADDR);
                 block::seqwrite(disk, mib, scratch)
             }
             (None, _) => say!("unknown op ", op),
