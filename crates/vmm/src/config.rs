@@ -342,6 +342,7 @@ impl VmConfig {
 /// Flag help.
 pub const USAGE: &str = "\
 usage: hearth-vmm [--config FILE.json] [flags]
+       hearth-vmm ctl SOCKET info|power-button|shutdown [TIMEOUT_MS]|pause|resume|kill
   --kernel PATH            ELF vmlinux or bzImage (required unless in --config)
   --initrd PATH            initrd / initramfs
   --cmdline TEXT           kernel command line

@@ -24,12 +24,53 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// `hearth-vmm ctl SOCKET REQUEST`: sends one request line, prints the JSON answer.
+fn control_client(args: &[String]) -> i32 {
+    use std::io::{BufRead, Write};
+    let [socket, request @ ..] = args else {
+        eprintln!("usage: hearth-vmm ctl SOCKET info|power-button|shutdown [TIMEOUT_MS]|pause|resume|kill");
+        return STATUS_CONFIG_ERROR;
+    };
+    let line = match request {
+        [cmd, timeout] if cmd == "shutdown" => format!(r#"{{"cmd":"shutdown","timeout_ms":{timeout}}}"#),
+        [cmd] => cmd.clone(),
+        _ => {
+            eprintln!("hearth-vmm ctl: give exactly one request");
+            return STATUS_CONFIG_ERROR;
+        }
+    };
+    let answer = std::os::unix::net::UnixStream::connect(socket).and_then(|mut stream| {
+        writeln!(stream, "{line}")?;
+        let mut answer = String::new();
+        std::io::BufReader::new(stream).read_line(&mut answer)?;
+        Ok(answer)
+    });
+    match answer {
+        Ok(answer) => {
+            print!("{answer}");
+            let ok = serde_json::from_str::<serde_json::Value>(&answer).is_ok_and(|v| v["ok"] == true);
+            if ok {
+                0
+            } else {
+                STATUS_CONFIG_ERROR
+            }
+        }
+        Err(e) => {
+            eprintln!("hearth-vmm ctl: {socket}: {e}");
+            2
+        }
+    }
+}
+
 fn main() {
     let start = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return;
+    }
+    if args.first().map(String::as_str) == Some("ctl") {
+        std::process::exit(control_client(&args[1..]));
     }
     let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => config,
