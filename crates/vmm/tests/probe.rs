@@ -217,6 +217,10 @@ fn udp_datagram_through_the_tap_is_echoed() {
         }
         None
     });
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ping", "-c", "2", "-W", "2", "10.213.0.2"])
+        .output()
+        .expect("ping (iputils-ping)");
     let info = control(&socket, "info");
     assert_eq!(control(&socket, r#"{"cmd":"shutdown","timeout_ms":5000}"#)["ok"], true);
     let outcome = vmm.wait(Duration::from_secs(30));
@@ -224,6 +228,11 @@ fn udp_datagram_through_the_tap_is_echoed() {
     assert_eq!(reply, payload);
     assert_eq!(from, "10.213.0.2:7777");
     outcome.assert_line("probe: net-echo ready ip=10.213.0.2");
+    let ping_text = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        ping.status.success() && ping_text.contains("2 received"),
+        "ICMP echo: {ping_text}"
+    );
     let net = &info["devices"]
         .as_array()
         .unwrap()

@@ -40,9 +40,10 @@ pub fn build(vcpus: u8) -> Vec<u8> {
     entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&layout::IOAPIC_ADDR.to_le_bytes());
     count += 1;
+    // Every ISA IRQ n is IOAPIC pin n (KVM's default GSI routing); the legacy PIC is
+    // reached through LINT0 below.
     for pin in 0..IOAPIC_PINS {
-        let kind = if pin == 0 { INT_TYPE_EXTINT } else { INT_TYPE_INT };
-        entries.extend_from_slice(&[3, kind, 0, 0, 0, pin, ioapic_id, pin]);
+        entries.extend_from_slice(&[3, INT_TYPE_INT, 0, 0, 0, pin, ioapic_id, pin]);
         count += 1;
     }
     entries.extend_from_slice(&[4, INT_TYPE_EXTINT, 0, 0, 0, 0, ALL_LOCAL_APICS, 0]);
