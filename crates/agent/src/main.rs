@@ -1,0 +1,157 @@
+//! `hearth-agent`: the per-host agent binary; flags in `USAGE`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_agent::{error_chain, run_agent, AgentConfig, HostSpec};
+
+const USAGE: &str = "\
+usage: hearth-agent --hearthd ENDPOINT --token-file FILE --az ZONE [options]
+
+Supervises one hearth-vmm per instance of this host, as hearthd desires.
+
+  --hearthd ENDPOINT     unix:/path/to/hearthd.sock or http://host:port
+  --token-file FILE      file holding the agent token (sent as a bearer token)
+  --az ZONE              availability zone of this host
+  --host-id ID           stable host ID (default: h-<hostname>)
+  --run-dir DIR          per-instance directories (default: /var/lib/hearth/agent/run)
+  --volume-dir DIR       volume files (default: /var/lib/hearth/volumes)
+  --vcpus N              vCPUs offered to instances (default: the host's CPUs)
+  --memory-mib M         memory offered to instances (default: MemTotal minus 1 GiB)
+  --vmm PATH             hearth-vmm binary (default: next to hearth-agent)
+  --stop-timeout-ms MS   stop grace period when hearthd gives none (default: 10000)
+
+SIGINT/SIGTERM end the agent; the VMs keep running and the next agent re-adopts them.";
+
+struct Flags {
+    endpoint: String,
+    token: String,
+    config: AgentConfig,
+}
+
+fn parse(args: &[String]) -> Result<Flags, String> {
+    let mut endpoint = None;
+    let mut token_file = None;
+    let mut az = None;
+    let mut host_id = None;
+    let mut run_dir = PathBuf::from("/var/lib/hearth/agent/run");
+    let mut volume_dir = PathBuf::from("/var/lib/hearth/volumes");
+    let mut vcpus = None;
+    let mut memory_mib = None;
+    let mut vmm = None;
+    let mut stop_timeout_ms = 10_000u64;
+    let mut iter = args.iter();
+    while let Some(flag) = iter.next() {
+        let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |text: String| {
+            text.parse::<i64>()
+                .map_err(|_| format!("{flag}: {text:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--hearthd" => endpoint = Some(value()?),
+            "--token-file" => token_file = Some(PathBuf::from(value()?)),
+            "--az" => az = Some(value()?),
+            "--host-id" => host_id = Some(value()?),
+            "--run-dir" => run_dir = PathBuf::from(value()?),
+            "--volume-dir" => volume_dir = PathBuf::from(value()?),
+            "--vcpus" => vcpus = Some(i32::try_from(number(value()?)?).map_err(|_| "--vcpus is too large")?),
+            "--memory-mib" => memory_mib = Some(number(value()?)?),
+            "--vmm" => vmm = Some(PathBuf::from(value()?)),
+            "--stop-timeout-ms" => {
+                stop_timeout_ms = u64::try_from(number(value()?)?).map_err(|_| "--stop-timeout-ms must be ≥ 0")?
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let endpoint = endpoint.ok_or("--hearthd is required")?;
+    let token_file = token_file.ok_or("--token-file is required")?;
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| format!("cannot read token file {}: {e}", token_file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", token_file.display()));
+    }
+    let vmm_binary = match vmm {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot locate hearth-agent: {e}"))?
+            .with_file_name("hearth-vmm"),
+    };
+    if !vmm_binary.is_file() {
+        return Err(format!("hearth-vmm not found at {} (use --vmm)", vmm_binary.display()));
+    }
+    Ok(Flags {
+        endpoint,
+        token,
+        config: AgentConfig {
+            run_dir,
+            volume_dir,
+            vmm_binary,
+            host: HostSpec {
+                host_id: host_id.unwrap_or_else(HostSpec::default_host_id),
+                availability_zone: az.ok_or("--az is required")?,
+                vcpus: vcpus.unwrap_or_else(HostSpec::host_vcpus),
+                memory_mib: memory_mib.unwrap_or_else(HostSpec::host_memory_mib),
+            },
+            default_stop_timeout: Duration::from_millis(stop_timeout_ms),
+        },
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{USAGE}");
+        return;
+    }
+    let flags = match parse(&args) {
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("hearth-agent: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hearth-agent: cannot start the Tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "hearth-agent: host {} ({} vCPUs, {} MiB) syncing with {}",
+        flags.config.host.host_id, flags.config.host.vcpus, flags.config.host.memory_mib, flags.endpoint
+    );
+    let result = runtime.block_on(run_agent(
+        flags.config,
+        &flags.endpoint,
+        &flags.token,
+        shutdown_signal(),
+    ));
+    if let Err(e) = result {
+        eprintln!("hearth-agent: {}", error_chain(&e));
+        std::process::exit(1);
+    }
+    eprintln!("hearth-agent: stopped; VMs keep running");
+}

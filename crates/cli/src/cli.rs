@@ -1,0 +1,621 @@
+//! The command line: `aws ec2` commands and flags, kebab-case, multi-value flags taking several values.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// hearth: a private EC2. Talks to hearthd's Compute API like `aws ec2`.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// hearthd endpoint: unix:/path/hearthd.sock or https://host:port
+    /// [default: $HEARTH_ENDPOINT, else unix:$HOME/.local/share/hearth/hearthd.sock]
+    #[arg(long, global = true, value_name = "URL", help_heading = "Global options")]
+    pub endpoint: Option<String>,
+
+    /// PEM file of the CA that signed hearthd's certificate (https endpoints) [default: the system's roots]
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Global options")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Bearer token sent as `authorization` [default: $HEARTH_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN", help_heading = "Global options")]
+    pub token: Option<String>,
+
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table, help_heading = "Global options")]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns with a header
+    Table,
+    /// The response as EC2 JSON
+    Json,
+    /// Tab-separated rows without a header; raw console output and key material
+    Text,
+}
+
+/// `--wait` and `--wait-timeout`.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Poll until every instance reaches the target state, printing each transition to stderr
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Give up waiting after this many seconds (exit 1)
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    pub wait_timeout: f64,
+}
+
+/// `--dry-run`.
+#[derive(Debug, Clone, Args)]
+pub struct DryRun {
+    /// Check permissions and parameters without making the change (fails with DryRunOperation when it would succeed)
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--instance-ids i-1 i-2 ...`, required.
+#[derive(Debug, Clone, Args)]
+pub struct InstanceIds {
+    /// Instance IDs
+    #[arg(long, required = true, num_args = 1.., value_name = "ID")]
+    pub instance_ids: Vec<String>,
+}
+
+/// `--filters Name=...,Values=... ...`.
+#[derive(Debug, Clone, Args)]
+pub struct Filters {
+    /// Filters: Name=instance-state-name,Values=running,stopped (shorthand or JSON; several allowed)
+    #[arg(long, num_args = 1.., value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+/// The commands, named as in `aws ec2`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Launch instances from an image
+    RunInstances(RunInstances),
+    /// Describe instances (all, or by ID, or by filters)
+    DescribeInstances {
+        /// Instance IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        instance_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+        /// Page size (5..1000)
+        #[arg(long, value_name = "N")]
+        max_results: Option<i32>,
+        /// Token of the page to fetch, from a previous NextToken
+        #[arg(long, value_name = "TOKEN")]
+        next_token: Option<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe the status (system and instance checks) of instances
+    DescribeInstanceStatus {
+        /// Instance IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        instance_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+        /// Include instances that are not running
+        #[arg(long)]
+        include_all_instances: bool,
+        /// Page size
+        #[arg(long, value_name = "N")]
+        max_results: Option<i32>,
+        /// Token of the page to fetch
+        #[arg(long, value_name = "TOKEN")]
+        next_token: Option<String>,
+    },
+    /// Start stopped instances
+    StartInstances {
+        #[command(flatten)]
+        ids: InstanceIds,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop running instances (power button, then forced after a timeout)
+    StopInstances {
+        #[command(flatten)]
+        ids: InstanceIds,
+        /// Stop at once, without a graceful shutdown
+        #[arg(long)]
+        force: bool,
+        /// Hibernate instead of stopping
+        #[arg(long)]
+        hibernate: bool,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Reboot instances
+    RebootInstances {
+        #[command(flatten)]
+        ids: InstanceIds,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Terminate instances
+    TerminateInstances {
+        #[command(flatten)]
+        ids: InstanceIds,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change one attribute of an instance
+    ModifyInstanceAttribute(ModifyInstanceAttribute),
+    /// Show one attribute of an instance
+    DescribeInstanceAttribute {
+        /// Instance ID
+        #[arg(long, value_name = "ID")]
+        instance_id: String,
+        /// Attribute
+        #[arg(long, value_enum)]
+        attribute: InstanceAttributeName,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Show an instance's serial console output
+    GetConsoleOutput {
+        /// Instance ID
+        #[arg(long, value_name = "ID")]
+        instance_id: String,
+        /// Only the most recent output
+        #[arg(long)]
+        latest: bool,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe the instance types
+    DescribeInstanceTypes {
+        /// Instance types
+        #[arg(long, num_args = 1.., value_name = "TYPE")]
+        instance_types: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Register an image from a kernel, an optional initrd and a root disk image on the hearthd host
+    RegisterImage(RegisterImage),
+    /// Describe images
+    DescribeImages {
+        /// Image IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        image_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Deregister an image
+    DeregisterImage {
+        /// Image ID
+        #[arg(long, value_name = "ID")]
+        image_id: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Create an image from an instance
+    CreateImage {
+        /// Instance ID
+        #[arg(long, value_name = "ID")]
+        instance_id: String,
+        /// Image name
+        #[arg(long)]
+        name: String,
+        /// Image description
+        #[arg(long)]
+        description: Option<String>,
+        /// Do not stop the instance first (the image is crash-consistent)
+        #[arg(long)]
+        no_reboot: bool,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Create a key pair and print its private key (shown only once)
+    CreateKeyPair {
+        /// Key pair name
+        #[arg(long, value_name = "NAME")]
+        key_name: String,
+        /// Key type
+        #[arg(long, value_enum)]
+        key_type: Option<KeyType>,
+        /// Write the private key to this file (mode 0600) instead of printing it
+        #[arg(long, value_name = "PATH")]
+        save: Option<PathBuf>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Import an OpenSSH public key as a key pair
+    ImportKeyPair {
+        /// Key pair name
+        #[arg(long, value_name = "NAME")]
+        key_name: String,
+        /// The public key line, or file://PATH
+        #[arg(long, value_name = "KEY")]
+        public_key_material: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe key pairs
+    DescribeKeyPairs {
+        /// Key pair names
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        key_names: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Delete a key pair
+    DeleteKeyPair {
+        /// Key pair name
+        #[arg(long, value_name = "NAME")]
+        key_name: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Add or overwrite tags on resources
+    CreateTags {
+        /// Resource IDs
+        #[arg(long, required = true, num_args = 1.., value_name = "ID")]
+        resources: Vec<String>,
+        /// Tags: Key=Name,Value=web (several allowed)
+        #[arg(long, required = true, num_args = 1.., value_name = "TAG")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Delete tags from resources (Key=k deletes k whatever its value; no --tags deletes all)
+    DeleteTags {
+        /// Resource IDs
+        #[arg(long, required = true, num_args = 1.., value_name = "ID")]
+        resources: Vec<String>,
+        /// Tags: Key=Name[,Value=web] (several allowed)
+        #[arg(long, num_args = 1.., value_name = "TAG")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe tags (filters: resource-id, resource-type, key, value)
+    DescribeTags {
+        #[command(flatten)]
+        filters: Filters,
+        /// Page size
+        #[arg(long, value_name = "N")]
+        max_results: Option<i32>,
+        /// Token of the page to fetch
+        #[arg(long, value_name = "TOKEN")]
+        next_token: Option<String>,
+    },
+    /// Describe the region (one hearthd is one region)
+    DescribeRegions,
+    /// Describe the availability zones (groups of hosts)
+    DescribeAvailabilityZones {
+        /// Zone names
+        #[arg(long, num_args = 1.., value_name = "ZONE")]
+        zone_names: Vec<String>,
+    },
+}
+
+/// `run-instances`.
+#[derive(Debug, Args)]
+pub struct RunInstances {
+    /// Image ID
+    #[arg(long, value_name = "ID")]
+    pub image_id: String,
+    /// Instance type [default: t3.micro]
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// Number of instances: N, or MIN:MAX
+    #[arg(long, value_name = "N", conflicts_with_all = ["min_count", "max_count"])]
+    pub count: Option<String>,
+    /// Launch at least this many instances, or none
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub min_count: Option<i32>,
+    /// Launch at most this many instances
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_count: Option<i32>,
+    /// Key pair name
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    /// User data: text, or file://PATH
+    #[arg(long, value_name = "DATA")]
+    pub user_data: Option<String>,
+    /// Block device mappings: JSON like aws, or DeviceName=/dev/xvda,Ebs={VolumeSize=8,DeleteOnTermination=false}
+    #[arg(long, num_args = 1.., value_name = "MAPPING")]
+    pub block_device_mappings: Vec<String>,
+    /// Tags for the new resources: 'ResourceType=instance,Tags=[{Key=Name,Value=web}]'
+    #[arg(long, num_args = 1.., value_name = "SPEC")]
+    pub tag_specifications: Vec<String>,
+    /// Idempotency token: repeating the call with it returns the same reservation
+    #[arg(long, value_name = "TOKEN")]
+    pub client_token: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    /// Refuse TerminateInstances until the flag is cleared
+    #[arg(long, conflicts_with = "no_disable_api_termination")]
+    pub disable_api_termination: bool,
+    /// Allow TerminateInstances (the default)
+    #[arg(long)]
+    pub no_disable_api_termination: bool,
+    /// What a shutdown from inside the guest does
+    #[arg(long, value_enum, value_name = "BEHAVIOR")]
+    pub instance_initiated_shutdown_behavior: Option<ShutdownBehavior>,
+    /// Placement: AvailabilityZone=ZONE
+    #[arg(long, value_name = "PLACEMENT")]
+    pub placement: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `modify-instance-attribute`.
+#[derive(Debug, Args)]
+pub struct ModifyInstanceAttribute {
+    /// Instance ID
+    #[arg(long, value_name = "ID")]
+    pub instance_id: String,
+    /// Refuse TerminateInstances
+    #[arg(long, conflicts_with = "no_disable_api_termination")]
+    pub disable_api_termination: bool,
+    /// Allow TerminateInstances
+    #[arg(long)]
+    pub no_disable_api_termination: bool,
+    /// stop | terminate (also Value=...)
+    #[arg(long, value_name = "BEHAVIOR")]
+    pub instance_initiated_shutdown_behavior: Option<String>,
+    /// New instance type, while stopped (also Value=...)
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// New user data, while stopped: text or file://PATH (also Value=...)
+    #[arg(long, value_name = "DATA")]
+    pub user_data: Option<String>,
+    /// New kernel path on the hearthd host, while stopped
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<String>,
+    /// New initrd path on the hearthd host, while stopped
+    #[arg(long, value_name = "PATH")]
+    pub ramdisk: Option<String>,
+    /// aws's generic form: the attribute to change (with --value)
+    #[arg(long, value_enum, requires = "value")]
+    pub attribute: Option<InstanceAttributeName>,
+    /// aws's generic form: the new value (with --attribute)
+    #[arg(long, requires = "attribute")]
+    pub value: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+}
+
+/// `register-image`.
+#[derive(Debug, Args)]
+pub struct RegisterImage {
+    /// Image name
+    #[arg(long)]
+    pub name: String,
+    /// Kernel (bzImage or ELF vmlinux) path on the hearthd host
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initrd path on the hearthd host
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Raw root disk image path on the hearthd host
+    #[arg(long, value_name = "PATH")]
+    pub root_image: PathBuf,
+    /// Default kernel command line
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub command_line: Option<String>,
+    /// Root device type
+    #[arg(long, value_enum)]
+    pub root_device_type: Option<RootDeviceType>,
+    /// Root device name [default: /dev/xvda]
+    #[arg(long, value_name = "DEVICE")]
+    pub root_device_name: Option<String>,
+    /// Description
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Architecture [default: x86_64]
+    #[arg(long)]
+    pub architecture: Option<String>,
+    /// Block device mappings (as for run-instances)
+    #[arg(long, num_args = 1.., value_name = "MAPPING")]
+    pub block_device_mappings: Vec<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+}
+
+/// `--instance-initiated-shutdown-behavior`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShutdownBehavior {
+    Stop,
+    Terminate,
+}
+
+impl ShutdownBehavior {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownBehavior::Stop => "stop",
+            ShutdownBehavior::Terminate => "terminate",
+        }
+    }
+}
+
+/// `--key-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    Ed25519,
+    Rsa,
+}
+
+impl KeyType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Ed25519 => "ed25519",
+            KeyType::Rsa => "rsa",
+        }
+    }
+}
+
+/// `--root-device-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RootDeviceType {
+    Ebs,
+    InstanceStore,
+}
+
+impl RootDeviceType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootDeviceType::Ebs => "ebs",
+            RootDeviceType::InstanceStore => "instance-store",
+        }
+    }
+}
+
+/// The attributes of DescribeInstanceAttribute, spelled as in EC2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "camelCase")]
+pub enum InstanceAttributeName {
+    DisableApiTermination,
+    InstanceInitiatedShutdownBehavior,
+    InstanceType,
+    UserData,
+    Kernel,
+    Ramdisk,
+    RootDeviceName,
+    BlockDeviceMapping,
+}
+
+impl InstanceAttributeName {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceAttributeName::DisableApiTermination => "disableApiTermination",
+            InstanceAttributeName::InstanceInitiatedShutdownBehavior => "instanceInitiatedShutdownBehavior",
+            InstanceAttributeName::InstanceType => "instanceType",
+            InstanceAttributeName::UserData => "userData",
+            InstanceAttributeName::Kernel => "kernel",
+            InstanceAttributeName::Ramdisk => "ramdisk",
+            InstanceAttributeName::RootDeviceName => "rootDeviceName",
+            InstanceAttributeName::BlockDeviceMapping => "blockDeviceMapping",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hearth").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn multi_value_flags_take_several_values() {
+        let cli = parse(&["terminate-instances", "--instance-ids", "i-1", "i-2", "--wait"]).unwrap();
+        match cli.command {
+            Command::TerminateInstances { ids, wait, .. } => {
+                assert_eq!(ids.instance_ids, ["i-1", "i-2"]);
+                assert!(wait.wait);
+                assert_eq!(wait.wait_timeout, 300.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "describe-instances",
+            "--filters",
+            "Name=instance-state-name,Values=running,stopped",
+            "Name=tag:Name,Values=web",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::DescribeInstances { filters, .. } => assert_eq!(filters.filters.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let cli = parse(&["--output", "json", "describe-regions"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        let cli = parse(&["describe-regions", "--output", "text", "--endpoint", "unix:/s"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Text);
+        assert_eq!(cli.endpoint.as_deref(), Some("unix:/s"));
+    }
+
+    #[test]
+    fn usage_errors() {
+        let exit = |args: &[&str]| parse(args).unwrap_err().exit_code();
+        assert_eq!(exit(&["run-instances"]), 2);
+        assert_eq!(
+            exit(&[
+                "run-instances",
+                "--image-id",
+                "ami-1",
+                "--count",
+                "2",
+                "--min-count",
+                "1"
+            ]),
+            2
+        );
+        assert_eq!(exit(&["start-instances"]), 2);
+        assert_eq!(
+            exit(&[
+                "describe-instance-attribute",
+                "--instance-id",
+                "i-1",
+                "--attribute",
+                "colour"
+            ]),
+            2
+        );
+        assert_eq!(
+            exit(&[
+                "modify-instance-attribute",
+                "--instance-id",
+                "i-1",
+                "--attribute",
+                "instanceType"
+            ]),
+            2
+        );
+        assert_eq!(exit(&["no-such-command"]), 2);
+    }
+
+    #[test]
+    fn attribute_names_are_camel_case() {
+        let cli = parse(&[
+            "describe-instance-attribute",
+            "--instance-id",
+            "i-1",
+            "--attribute",
+            "disableApiTermination",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::DescribeInstanceAttribute { attribute, .. } => {
+                assert_eq!(attribute, InstanceAttributeName::DisableApiTermination);
+                assert_eq!(attribute.as_str(), "disableApiTermination");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

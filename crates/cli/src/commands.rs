@@ -1,0 +1,834 @@
+//! Each command: flags → request (checked before connecting), the call, the rendered answer, `--wait`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth_api::v1 as api;
+use serde_json::Value;
+
+use crate::cli::{
+    Command, InstanceAttributeName, ModifyInstanceAttribute, OutputFormat, RegisterImage, RunInstances, WaitArgs,
+};
+use crate::connect::Session;
+use crate::error::CliError;
+use crate::table::{self, Table};
+use crate::wait::{self, Goal};
+use crate::{base64, json, params};
+
+/// Calls `method` with `message` on the session's client; a failure becomes the aws-style error of `operation`.
+macro_rules! call {
+    ($session:expr, $method:ident, $operation:literal, $message:expr) => {{
+        let request = $session.request($message);
+        let endpoint = $session.endpoint().to_owned();
+        $session
+            .client()
+            .await?
+            .$method(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| CliError::from_status($operation, &endpoint, &status))
+    }};
+}
+
+/// The response in the chosen format: EC2 JSON, an aligned table, or tab-separated rows.
+pub fn render(format: OutputFormat, json: impl FnOnce() -> Value, table: impl FnOnce() -> Table) -> String {
+    match format {
+        OutputFormat::Json => json::to_text(&json()),
+        OutputFormat::Table => table().render(),
+        OutputFormat::Text => table().render_text(),
+    }
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| CliError::Local(format!("stdout: {e}")))
+}
+
+fn non_empty(value: Option<String>) -> String {
+    value.unwrap_or_default()
+}
+
+/// `--wait` after a state-changing call: `known` is each instance's state as the call reported it.
+async fn wait_if_asked(
+    session: &mut Session,
+    args: &WaitArgs,
+    goal: Goal,
+    known: Vec<(String, String)>,
+) -> Result<(), CliError> {
+    if !args.wait {
+        return Ok(());
+    }
+    let timeout = Duration::try_from_secs_f64(args.wait_timeout)
+        .map_err(|_| CliError::parameter("--wait-timeout", "expected a number of seconds"))?;
+    wait::wait(session, goal, known, timeout).await
+}
+
+fn known_states(changes: &api::InstanceStateChanges) -> Vec<(String, String)> {
+    changes
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.instance_id.clone(),
+                c.current_state.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The RunInstances request of `run-instances`.
+pub fn run_instances_request(args: &RunInstances) -> Result<api::RunInstancesRequest, CliError> {
+    let (min_count, max_count) = match &args.count {
+        Some(count) => params::count("--count", count)?,
+        None => {
+            let min = args.min_count.unwrap_or(0);
+            let max = args.max_count.unwrap_or(0);
+            if min > 0 && max > 0 && min > max {
+                return Err(CliError::Usage(format!("--min-count {min} is above --max-count {max}")));
+            }
+            // Only one given: EC2 takes the other as equal.
+            match (min, max) {
+                (0, max) => (max, max),
+                (min, 0) => (min, min),
+                pair => pair,
+            }
+        }
+    };
+    Ok(api::RunInstancesRequest {
+        image_id: args.image_id.clone(),
+        instance_type: non_empty(args.instance_type.clone()),
+        min_count,
+        max_count,
+        key_name: non_empty(args.key_name.clone()),
+        user_data: match &args.user_data {
+            Some(data) => params::load_blob("--user-data", data)?,
+            None => Vec::new(),
+        },
+        block_device_mappings: params::block_device_mappings("--block-device-mappings", &args.block_device_mappings)?,
+        tag_specifications: params::tag_specifications("--tag-specifications", &args.tag_specifications)?,
+        client_token: non_empty(args.client_token.clone()),
+        dry_run: args.dry_run.dry_run,
+        disable_api_termination: args.disable_api_termination,
+        instance_initiated_shutdown_behavior: args
+            .instance_initiated_shutdown_behavior
+            .map(|b| b.as_str().to_owned())
+            .unwrap_or_default(),
+        availability_zone: match &args.placement {
+            Some(placement) => params::placement_zone("--placement", placement)?,
+            None => String::new(),
+        },
+    })
+}
+
+/// The ModifyInstanceAttribute request of `modify-instance-attribute`.
+pub fn modify_instance_attribute_request(
+    args: &ModifyInstanceAttribute,
+) -> Result<api::ModifyInstanceAttributeRequest, CliError> {
+    let mut request = api::ModifyInstanceAttributeRequest {
+        instance_id: args.instance_id.clone(),
+        dry_run: args.dry_run.dry_run,
+        ..Default::default()
+    };
+    if args.disable_api_termination {
+        request.disable_api_termination = Some(true);
+    }
+    if args.no_disable_api_termination {
+        request.disable_api_termination = Some(false);
+    }
+    let behavior_flag = "--instance-initiated-shutdown-behavior";
+    if let Some(value) = &args.instance_initiated_shutdown_behavior {
+        request.instance_initiated_shutdown_behavior = Some(params::attribute_value(behavior_flag, value)?);
+    }
+    if let Some(value) = &args.instance_type {
+        request.instance_type = Some(params::attribute_value("--instance-type", value)?);
+    }
+    if let Some(value) = &args.user_data {
+        let data = params::attribute_value("--user-data", value)?;
+        request.user_data = Some(params::load_blob("--user-data", &data)?);
+    }
+    if let Some(value) = &args.kernel {
+        request.kernel = Some(params::attribute_value("--kernel", value)?);
+    }
+    if let Some(value) = &args.ramdisk {
+        request.ramdisk = Some(params::attribute_value("--ramdisk", value)?);
+    }
+    if let (Some(attribute), Some(value)) = (args.attribute, &args.value) {
+        let value = params::attribute_value("--value", value)?;
+        match attribute {
+            InstanceAttributeName::DisableApiTermination => {
+                request.disable_api_termination = Some(match value.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(CliError::parameter(
+                            "--value",
+                            "disableApiTermination takes true or false",
+                        ))
+                    }
+                })
+            }
+            InstanceAttributeName::InstanceInitiatedShutdownBehavior => {
+                request.instance_initiated_shutdown_behavior = Some(value)
+            }
+            InstanceAttributeName::InstanceType => request.instance_type = Some(value),
+            InstanceAttributeName::UserData => request.user_data = Some(params::load_blob("--value", &value)?),
+            InstanceAttributeName::Kernel => request.kernel = Some(value),
+            InstanceAttributeName::Ramdisk => request.ramdisk = Some(value),
+            InstanceAttributeName::RootDeviceName | InstanceAttributeName::BlockDeviceMapping => {
+                return Err(CliError::Usage(format!(
+                    "the {} attribute cannot be modified",
+                    attribute.as_str()
+                )))
+            }
+        }
+    }
+    let changes = [
+        request.disable_api_termination.is_some(),
+        request.instance_initiated_shutdown_behavior.is_some(),
+        request.instance_type.is_some(),
+        request.user_data.is_some(),
+        request.kernel.is_some(),
+        request.ramdisk.is_some(),
+    ];
+    if !changes.contains(&true) {
+        return Err(CliError::Usage(
+            "modify-instance-attribute: give an attribute to change (e.g. --instance-type t3.large, \
+             --disable-api-termination, or --attribute NAME --value VALUE)"
+                .into(),
+        ));
+    }
+    Ok(request)
+}
+
+/// The RegisterImage request of `register-image`.
+pub fn register_image_request(args: &RegisterImage) -> Result<api::RegisterImageRequest, CliError> {
+    let path = |flag: &str, path: &Path| -> Result<String, CliError> {
+        Ok(params::absolute_path(flag, path)?.display().to_string())
+    };
+    Ok(api::RegisterImageRequest {
+        name: args.name.clone(),
+        description: non_empty(args.description.clone()),
+        architecture: non_empty(args.architecture.clone()),
+        kernel_path: path("--kernel", &args.kernel)?,
+        initrd_path: match &args.initrd {
+            Some(initrd) => path("--initrd", initrd)?,
+            None => String::new(),
+        },
+        root_image_path: path("--root-image", &args.root_image)?,
+        root_device_name: non_empty(args.root_device_name.clone()),
+        root_device_type: args.root_device_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        command_line: non_empty(args.command_line.clone()),
+        block_device_mappings: params::block_device_mappings("--block-device-mappings", &args.block_device_mappings)?,
+        dry_run: args.dry_run.dry_run,
+    })
+}
+
+/// Opens `path` for a private key before the key exists: mode 0600, never over an existing file.
+fn create_key_file(path: &Path) -> Result<File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::Local(format!("cannot create {} for the private key: {e}", path.display())))
+}
+
+/// Runs one command; what it prints goes to stdout, progress and errors to stderr.
+pub async fn run(session: &mut Session, format: OutputFormat, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::RunInstances(args) => {
+            let request = run_instances_request(&args)?;
+            let reservation = call!(session, run_instances, "RunInstances", request)?;
+            print(&render(
+                format,
+                || json::reservation(&reservation),
+                || table::reservation(&reservation),
+            ))?;
+            let known = reservation
+                .instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.instance_id.clone(),
+                        i.state.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            wait_if_asked(session, &args.wait, Goal::Running, known).await
+        }
+        Command::DescribeInstances {
+            instance_ids,
+            filters,
+            max_results,
+            next_token,
+            dry_run,
+        } => {
+            let request = api::DescribeInstancesRequest {
+                instance_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+                max_results: max_results.unwrap_or(0),
+                next_token: non_empty(next_token),
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(session, describe_instances, "DescribeInstances", request)?;
+            print(&render(
+                format,
+                || json::describe_instances(&response),
+                || table::instances(&response),
+            ))
+        }
+        Command::DescribeInstanceStatus {
+            instance_ids,
+            filters,
+            include_all_instances,
+            max_results,
+            next_token,
+        } => {
+            let request = api::DescribeInstanceStatusRequest {
+                instance_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+                include_all_instances,
+                max_results: max_results.unwrap_or(0),
+                next_token: non_empty(next_token),
+            };
+            let response = call!(session, describe_instance_status, "DescribeInstanceStatus", request)?;
+            print(&render(
+                format,
+                || json::describe_instance_status(&response),
+                || table::instance_statuses(&response),
+            ))
+        }
+        Command::StartInstances { ids, dry_run, wait } => {
+            let request = api::InstanceIdsRequest {
+                instance_ids: ids.instance_ids,
+                dry_run: dry_run.dry_run,
+            };
+            let changes = call!(session, start_instances, "StartInstances", request)?;
+            print(&render(
+                format,
+                || json::state_changes("StartingInstances", &changes),
+                || table::state_changes(&changes),
+            ))?;
+            wait_if_asked(session, &wait, Goal::Running, known_states(&changes)).await
+        }
+        Command::StopInstances {
+            ids,
+            force,
+            hibernate,
+            dry_run,
+            wait,
+        } => {
+            let request = api::StopInstancesRequest {
+                instance_ids: ids.instance_ids,
+                force,
+                hibernate,
+                dry_run: dry_run.dry_run,
+            };
+            let changes = call!(session, stop_instances, "StopInstances", request)?;
+            print(&render(
+                format,
+                || json::state_changes("StoppingInstances", &changes),
+                || table::state_changes(&changes),
+            ))?;
+            wait_if_asked(session, &wait, Goal::Stopped, known_states(&changes)).await
+        }
+        Command::RebootInstances { ids, dry_run, wait } => {
+            let known = ids.instance_ids.iter().map(|id| (id.clone(), String::new())).collect();
+            let request = api::InstanceIdsRequest {
+                instance_ids: ids.instance_ids,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, reboot_instances, "RebootInstances", request)?;
+            wait_if_asked(session, &wait, Goal::Running, known).await
+        }
+        Command::TerminateInstances { ids, dry_run, wait } => {
+            let request = api::InstanceIdsRequest {
+                instance_ids: ids.instance_ids,
+                dry_run: dry_run.dry_run,
+            };
+            let changes = call!(session, terminate_instances, "TerminateInstances", request)?;
+            print(&render(
+                format,
+                || json::state_changes("TerminatingInstances", &changes),
+                || table::state_changes(&changes),
+            ))?;
+            wait_if_asked(session, &wait, Goal::Terminated, known_states(&changes)).await
+        }
+        Command::ModifyInstanceAttribute(args) => {
+            let request = modify_instance_attribute_request(&args)?;
+            call!(session, modify_instance_attribute, "ModifyInstanceAttribute", request)?;
+            Ok(())
+        }
+        Command::DescribeInstanceAttribute {
+            instance_id,
+            attribute,
+            dry_run,
+        } => {
+            let request = api::DescribeInstanceAttributeRequest {
+                instance_id,
+                attribute: attribute.as_str().to_owned(),
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(
+                session,
+                describe_instance_attribute,
+                "DescribeInstanceAttribute",
+                request
+            )?;
+            print(&render(
+                format,
+                || json::instance_attribute(&response),
+                || table::instance_attribute(&response),
+            ))
+        }
+        Command::GetConsoleOutput {
+            instance_id,
+            latest,
+            dry_run,
+        } => {
+            let request = api::GetConsoleOutputRequest {
+                instance_id,
+                latest,
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(session, get_console_output, "GetConsoleOutput", request)?;
+            if format == OutputFormat::Json {
+                return print(&json::to_text(&json::console_output(&response)));
+            }
+            let console = base64::decode(&response.output).unwrap_or_else(|_| response.output.clone().into_bytes());
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&console)
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError::Local(format!("stdout: {e}")))
+        }
+        Command::DescribeInstanceTypes {
+            instance_types,
+            filters,
+        } => {
+            let request = api::DescribeInstanceTypesRequest {
+                instance_types,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_instance_types, "DescribeInstanceTypes", request)?;
+            print(&render(
+                format,
+                || json::describe_instance_types(&response),
+                || table::instance_types(&response),
+            ))
+        }
+        Command::RegisterImage(args) => {
+            let request = register_image_request(&args)?;
+            let response = call!(session, register_image, "RegisterImage", request)?;
+            print(&render(
+                format,
+                || json::image_id(&response),
+                || table::single("IMAGE", &response.image_id),
+            ))
+        }
+        Command::DescribeImages { image_ids, filters } => {
+            let request = api::DescribeImagesRequest {
+                image_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_images, "DescribeImages", request)?;
+            print(&render(
+                format,
+                || json::describe_images(&response),
+                || table::images(&response),
+            ))
+        }
+        Command::DeregisterImage { image_id, dry_run } => {
+            let request = api::ImageIdRequest {
+                image_id,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, deregister_image, "DeregisterImage", request)?;
+            Ok(())
+        }
+        Command::CreateImage {
+            instance_id,
+            name,
+            description,
+            no_reboot,
+            dry_run,
+        } => {
+            let request = api::CreateImageRequest {
+                instance_id,
+                name,
+                description: non_empty(description),
+                no_reboot,
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(session, create_image, "CreateImage", request)?;
+            print(&render(
+                format,
+                || json::image_id(&response),
+                || table::single("IMAGE", &response.image_id),
+            ))
+        }
+        Command::CreateKeyPair {
+            key_name,
+            key_type,
+            save,
+            dry_run,
+        } => {
+            let request = api::CreateKeyPairRequest {
+                key_name,
+                key_type: key_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                dry_run: dry_run.dry_run,
+            };
+            create_key_pair(session, format, request, save).await
+        }
+        Command::ImportKeyPair {
+            key_name,
+            public_key_material,
+            dry_run,
+        } => {
+            let material = params::load_text("--public-key-material", &public_key_material)?;
+            let request = api::ImportKeyPairRequest {
+                key_name,
+                public_key_material: material.trim().to_owned(),
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(session, import_key_pair, "ImportKeyPair", request)?;
+            print(&render(
+                format,
+                || json::imported_key_pair(&response),
+                || table::imported_key_pair(&response),
+            ))
+        }
+        Command::DescribeKeyPairs { key_names, filters } => {
+            let request = api::DescribeKeyPairsRequest {
+                key_names,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_key_pairs, "DescribeKeyPairs", request)?;
+            print(&render(
+                format,
+                || json::describe_key_pairs(&response),
+                || table::key_pairs(&response),
+            ))
+        }
+        Command::DeleteKeyPair { key_name, dry_run } => {
+            let request = api::DeleteKeyPairRequest {
+                key_name,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_key_pair, "DeleteKeyPair", request)?;
+            Ok(())
+        }
+        Command::CreateTags {
+            resources,
+            tags,
+            dry_run,
+        } => {
+            let request = api::CreateTagsRequest {
+                resources,
+                tags: params::tags("--tags", &tags)?,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, create_tags, "CreateTags", request)?;
+            Ok(())
+        }
+        Command::DeleteTags {
+            resources,
+            tags,
+            dry_run,
+        } => {
+            let request = api::DeleteTagsRequest {
+                resources,
+                tags: params::tags("--tags", &tags)?,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_tags, "DeleteTags", request)?;
+            Ok(())
+        }
+        Command::DescribeTags {
+            filters,
+            max_results,
+            next_token,
+        } => {
+            let request = api::DescribeTagsRequest {
+                filters: params::filters("--filters", &filters.filters)?,
+                max_results: max_results.unwrap_or(0),
+                next_token: non_empty(next_token),
+            };
+            let response = call!(session, describe_tags, "DescribeTags", request)?;
+            print(&render(
+                format,
+                || json::describe_tags(&response),
+                || table::tags(&response),
+            ))
+        }
+        Command::DescribeRegions => {
+            let response = call!(
+                session,
+                describe_regions,
+                "DescribeRegions",
+                api::DescribeRegionsRequest {}
+            )?;
+            print(&render(
+                format,
+                || json::describe_regions(&response),
+                || table::regions(&response),
+            ))
+        }
+        Command::DescribeAvailabilityZones { zone_names } => {
+            let request = api::DescribeAvailabilityZonesRequest { zone_names };
+            let response = call!(
+                session,
+                describe_availability_zones,
+                "DescribeAvailabilityZones",
+                request
+            )?;
+            print(&render(
+                format,
+                || json::describe_availability_zones(&response),
+                || table::availability_zones(&response),
+            ))
+        }
+    }
+}
+
+/// `create-key-pair`: the private key is shown once, so `--save` opens its file before asking for the key.
+async fn create_key_pair(
+    session: &mut Session,
+    format: OutputFormat,
+    request: api::CreateKeyPairRequest,
+    save: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let file = save.as_deref().map(create_key_file).transpose()?;
+    let response = match call!(session, create_key_pair, "CreateKeyPair", request) {
+        Ok(response) => response,
+        Err(error) => {
+            if let Some(path) = &save {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(error);
+        }
+    };
+    let (Some(mut file), Some(path)) = (file, save) else {
+        // Printed alone, so that `hearth create-key-pair --key-name k > k.pem` makes a usable key file.
+        return match format {
+            OutputFormat::Json => print(&json::to_text(&json::key_pair(&response))),
+            OutputFormat::Table | OutputFormat::Text => {
+                eprintln!(
+                    "Created key pair {} ({}), fingerprint {}",
+                    response.key_name, response.key_pair_id, response.key_fingerprint
+                );
+                let mut material = response.key_material;
+                if !material.ends_with('\n') {
+                    material.push('\n');
+                }
+                print(&material)
+            }
+        };
+    };
+    let mut material = response.key_material.clone();
+    if !material.ends_with('\n') {
+        material.push('\n');
+    }
+    file.write_all(material.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| CliError::Local(format!("writing the private key to {}: {e}", path.display())))?;
+    let mut summary = json::key_pair(&response);
+    if let Value::Object(map) = &mut summary {
+        map.remove("KeyMaterial");
+    }
+    let mut table = Table::new(&["NAME", "ID", "FINGERPRINT", "SAVED-TO"]);
+    table.row(vec![
+        response.key_name.clone(),
+        response.key_pair_id.clone(),
+        response.key_fingerprint.clone(),
+        path.display().to_string(),
+    ]);
+    print(&render(format, || summary, || table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("hearth").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn run_instances_request_from_aws_flags() {
+        let Command::RunInstances(args) = command(&[
+            "run-instances",
+            "--image-id",
+            "ami-0001",
+            "--instance-type",
+            "t3.small",
+            "--count",
+            "2",
+            "--key-name",
+            "me",
+            "--user-data",
+            "#!/bin/sh\necho hi",
+            "--block-device-mappings",
+            "DeviceName=/dev/xvda,Ebs={VolumeSize=8,DeleteOnTermination=false}",
+            "--tag-specifications",
+            "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+            "--client-token",
+            "tok",
+            "--disable-api-termination",
+            "--instance-initiated-shutdown-behavior",
+            "terminate",
+            "--placement",
+            "AvailabilityZone=hearth-1a",
+        ]) else {
+            panic!("not run-instances")
+        };
+        let request = run_instances_request(&args).unwrap();
+        assert_eq!(request.image_id, "ami-0001");
+        assert_eq!(request.instance_type, "t3.small");
+        assert_eq!((request.min_count, request.max_count), (2, 2));
+        assert_eq!(request.key_name, "me");
+        assert_eq!(request.user_data, b"#!/bin/sh\necho hi");
+        assert_eq!(
+            request.block_device_mappings[0].ebs.as_ref().unwrap().volume_size_gib,
+            Some(8)
+        );
+        assert_eq!(request.tag_specifications[0].tags[0].value, "web");
+        assert_eq!(request.client_token, "tok");
+        assert!(request.disable_api_termination);
+        assert_eq!(request.instance_initiated_shutdown_behavior, "terminate");
+        assert_eq!(request.availability_zone, "hearth-1a");
+        assert!(!request.dry_run);
+    }
+
+    #[test]
+    fn run_instances_counts() {
+        let counts = |args: &[&str]| {
+            let mut full = vec!["run-instances", "--image-id", "ami-1"];
+            full.extend_from_slice(args);
+            let Command::RunInstances(args) = command(&full) else {
+                panic!()
+            };
+            run_instances_request(&args).map(|r| (r.min_count, r.max_count))
+        };
+        assert_eq!(counts(&[]).unwrap(), (0, 0));
+        assert_eq!(counts(&["--count", "1:3"]).unwrap(), (1, 3));
+        assert_eq!(counts(&["--min-count", "2"]).unwrap(), (2, 2));
+        assert_eq!(counts(&["--max-count", "4"]).unwrap(), (4, 4));
+        assert_eq!(counts(&["--min-count", "2", "--max-count", "4"]).unwrap(), (2, 4));
+        assert_eq!(
+            counts(&["--min-count", "5", "--max-count", "4"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn modify_instance_attribute_forms() {
+        let modify = |args: &[&str]| {
+            let mut full = vec!["modify-instance-attribute", "--instance-id", "i-1"];
+            full.extend_from_slice(args);
+            let Command::ModifyInstanceAttribute(args) = command(&full) else {
+                panic!()
+            };
+            modify_instance_attribute_request(&args)
+        };
+        assert_eq!(
+            modify(&["--no-disable-api-termination"])
+                .unwrap()
+                .disable_api_termination,
+            Some(false)
+        );
+        assert_eq!(
+            modify(&["--instance-type", "Value=t3.large"])
+                .unwrap()
+                .instance_type
+                .as_deref(),
+            Some("t3.large")
+        );
+        assert_eq!(
+            modify(&["--instance-initiated-shutdown-behavior", "terminate"])
+                .unwrap()
+                .instance_initiated_shutdown_behavior
+                .as_deref(),
+            Some("terminate")
+        );
+        assert_eq!(
+            modify(&["--user-data", "hello"]).unwrap().user_data.as_deref(),
+            Some(&b"hello"[..])
+        );
+        let generic = modify(&["--attribute", "disableApiTermination", "--value", "true"]).unwrap();
+        assert_eq!(generic.disable_api_termination, Some(true));
+        assert_eq!(modify(&[]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            modify(&["--attribute", "rootDeviceName", "--value", "/dev/xvdb"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn register_image_paths_are_made_absolute() {
+        let Command::RegisterImage(args) = command(&[
+            "register-image",
+            "--name",
+            "alpine",
+            "--kernel",
+            "vmlinux",
+            "--root-image",
+            "/images/root.img",
+            "--command-line",
+            "console=ttyS0 root=/dev/vda",
+            "--root-device-type",
+            "instance-store",
+        ]) else {
+            panic!()
+        };
+        let request = register_image_request(&args).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(request.kernel_path, cwd.join("vmlinux").display().to_string());
+        assert_eq!(request.root_image_path, "/images/root.img");
+        assert_eq!(request.initrd_path, "");
+        assert_eq!(request.command_line, "console=ttyS0 root=/dev/vda");
+        assert_eq!(request.root_device_type, "instance-store");
+    }
+
+    #[test]
+    fn key_files_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("hearth-cli-test-{}-key.pem", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        drop(create_key_file(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(create_key_file(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn render_picks_the_format() {
+        let json = || serde_json::json!({"ImageId": "ami-1"});
+        assert_eq!(
+            render(OutputFormat::Json, json, || table::single("IMAGE", "ami-1")),
+            "{\n    \"ImageId\": \"ami-1\"\n}\n"
+        );
+        assert_eq!(
+            render(OutputFormat::Table, json, || table::single("IMAGE", "ami-1")),
+            "IMAGE\nami-1\n"
+        );
+        assert_eq!(
+            render(OutputFormat::Text, json, || table::single("IMAGE", "ami-1")),
+            "ami-1\n"
+        );
+    }
+}

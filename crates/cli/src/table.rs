@@ -1,0 +1,401 @@
+//! Responses as aligned tables (`--output table`) or tab-separated rows (`--output text`).
+
+use hearth_api::v1 as api;
+
+/// Rows under a header; empty cells print as `-`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+    /// A line printed under the table (e.g. the next page's token).
+    footer: Option<String>,
+}
+
+impl Table {
+    /// An empty table with these columns.
+    pub fn new(header: &[&'static str]) -> Self {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+            footer: None,
+        }
+    }
+
+    /// Adds one row (as many cells as columns).
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.rows.push(cells);
+    }
+
+    /// Notes a `NextToken` under the table when there is one.
+    pub fn next_token(mut self, token: &str) -> Self {
+        if !token.is_empty() {
+            self.footer = Some(format!("NextToken: {token}"));
+        }
+        self
+    }
+
+    fn cell(text: &str) -> &str {
+        if text.is_empty() {
+            "-"
+        } else {
+            text
+        }
+    }
+
+    /// Columns padded to their widest cell, two spaces apart, no trailing blanks.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(Self::cell(cell).chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<&str> = self.header.to_vec();
+        for line in std::iter::once(header).chain(self.rows.iter().map(|r| r.iter().map(|c| Self::cell(c)).collect())) {
+            let mut text = String::new();
+            for (i, (cell, width)) in line.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        if let Some(footer) = &self.footer {
+            out.push_str(footer);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The rows tab-separated without a header, for scripts.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for row in &self.rows {
+            out.push_str(&row.join("\t"));
+            out.push('\n');
+        }
+        if let Some(footer) = &self.footer {
+            out.push_str(footer);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn state_name(state: &Option<api::InstanceState>) -> String {
+    state.as_ref().map(|s| s.name.clone()).unwrap_or_default()
+}
+
+/// The value of tag `key`, or empty.
+pub fn tag_value(tags: &[api::Tag], key: &str) -> String {
+    tags.iter()
+        .find(|t| t.key == key)
+        .map(|t| t.value.clone())
+        .unwrap_or_default()
+}
+
+const INSTANCE_COLUMNS: &[&str] = &["ID", "STATE", "TYPE", "AZ", "IMAGE", "IP", "LAUNCHED", "NAME"];
+
+fn instance_row(table: &mut Table, instance: &api::Instance) {
+    table.row(vec![
+        instance.instance_id.clone(),
+        state_name(&instance.state),
+        instance.instance_type.clone(),
+        instance.availability_zone.clone(),
+        instance.image_id.clone(),
+        instance.private_ip_address.clone(),
+        instance.launch_time.clone(),
+        tag_value(&instance.tags, "Name"),
+    ]);
+}
+
+/// DescribeInstances: one row per instance.
+pub fn instances(response: &api::DescribeInstancesResponse) -> Table {
+    let mut table = Table::new(INSTANCE_COLUMNS);
+    for instance in response.reservations.iter().flat_map(|r| &r.instances) {
+        instance_row(&mut table, instance);
+    }
+    table.next_token(&response.next_token)
+}
+
+/// RunInstances: the new instances.
+pub fn reservation(reservation: &api::Reservation) -> Table {
+    let mut table = Table::new(INSTANCE_COLUMNS);
+    for instance in &reservation.instances {
+        instance_row(&mut table, instance);
+    }
+    table
+}
+
+/// DescribeInstanceStatus.
+pub fn instance_statuses(response: &api::DescribeInstanceStatusResponse) -> Table {
+    let mut table = Table::new(&["ID", "AZ", "STATE", "SYSTEM", "INSTANCE"]);
+    for status in &response.instance_statuses {
+        table.row(vec![
+            status.instance_id.clone(),
+            status.availability_zone.clone(),
+            state_name(&status.instance_state),
+            status.system_status.clone(),
+            status.instance_status.clone(),
+        ]);
+    }
+    table.next_token(&response.next_token)
+}
+
+/// Start/Stop/TerminateInstances.
+pub fn state_changes(response: &api::InstanceStateChanges) -> Table {
+    let mut table = Table::new(&["ID", "PREVIOUS", "CURRENT"]);
+    for change in &response.changes {
+        table.row(vec![
+            change.instance_id.clone(),
+            state_name(&change.previous_state),
+            state_name(&change.current_state),
+        ]);
+    }
+    table
+}
+
+fn instance_block_devices(mappings: &[api::InstanceBlockDeviceMapping]) -> Table {
+    let mut table = Table::new(&["DEVICE", "VOLUME", "STATUS", "DELETE-ON-TERMINATION", "ATTACHED"]);
+    for mapping in mappings {
+        table.row(vec![
+            mapping.device_name.clone(),
+            mapping.volume_id.clone(),
+            mapping.status.clone(),
+            mapping.delete_on_termination.to_string(),
+            mapping.attach_time.clone(),
+        ]);
+    }
+    table
+}
+
+/// DescribeInstanceAttribute: the value, or the block devices for `blockDeviceMapping`.
+pub fn instance_attribute(response: &api::InstanceAttribute) -> Table {
+    if response.attribute == "blockDeviceMapping" {
+        return instance_block_devices(&response.block_device_mappings);
+    }
+    let mut table = Table::new(&["ID", "ATTRIBUTE", "VALUE"]);
+    table.row(vec![
+        response.instance_id.clone(),
+        response.attribute.clone(),
+        response.value.clone(),
+    ]);
+    table
+}
+
+/// `1024` MiB → `1 GiB`, `512` → `512 MiB`.
+fn mebibytes(mib: i64) -> String {
+    if mib >= 1024 && mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else if mib >= 1024 {
+        format!("{:.1} GiB", mib as f64 / 1024.0)
+    } else {
+        format!("{mib} MiB")
+    }
+}
+
+/// DescribeInstanceTypes.
+pub fn instance_types(response: &api::DescribeInstanceTypesResponse) -> Table {
+    let mut table = Table::new(&[
+        "TYPE",
+        "FAMILY",
+        "VCPUS",
+        "MEMORY",
+        "INSTANCE-STORE",
+        "NETWORK",
+        "EBS",
+        "BURSTABLE",
+    ]);
+    for info in &response.instance_types {
+        let store = if info.instance_store_disks > 0 {
+            format!(
+                "{} x {} GiB",
+                info.instance_store_disks,
+                info.instance_store_gib / i64::from(info.instance_store_disks)
+            )
+        } else {
+            String::new()
+        };
+        table.row(vec![
+            info.instance_type.clone(),
+            info.family.clone(),
+            info.vcpus.to_string(),
+            mebibytes(info.memory_mib),
+            store,
+            format!("{} Mbps", info.network_mbps),
+            format!("{} Mbps", info.ebs_mbps),
+            if info.burstable { "yes".into() } else { "no".into() },
+        ]);
+    }
+    table
+}
+
+/// DescribeImages.
+pub fn images(response: &api::DescribeImagesResponse) -> Table {
+    let mut table = Table::new(&["ID", "NAME", "STATE", "ROOT", "SIZE", "CREATED"]);
+    for image in &response.images {
+        let size = if image.root_size_bytes > 0 {
+            mebibytes(image.root_size_bytes >> 20)
+        } else {
+            String::new()
+        };
+        table.row(vec![
+            image.image_id.clone(),
+            image.name.clone(),
+            image.state.clone(),
+            image.root_device_type.clone(),
+            size,
+            image.creation_date.clone(),
+        ]);
+    }
+    table
+}
+
+/// DescribeKeyPairs.
+pub fn key_pairs(response: &api::DescribeKeyPairsResponse) -> Table {
+    let mut table = Table::new(&["NAME", "ID", "TYPE", "FINGERPRINT", "CREATED"]);
+    for key in &response.key_pairs {
+        table.row(vec![
+            key.key_name.clone(),
+            key.key_pair_id.clone(),
+            key.key_type.clone(),
+            key.key_fingerprint.clone(),
+            key.create_time.clone(),
+        ]);
+    }
+    table
+}
+
+/// ImportKeyPair.
+pub fn imported_key_pair(info: &api::KeyPairInfo) -> Table {
+    let mut table = Table::new(&["NAME", "ID", "FINGERPRINT"]);
+    table.row(vec![
+        info.key_name.clone(),
+        info.key_pair_id.clone(),
+        info.key_fingerprint.clone(),
+    ]);
+    table
+}
+
+/// DescribeTags.
+pub fn tags(response: &api::DescribeTagsResponse) -> Table {
+    let mut table = Table::new(&["RESOURCE", "TYPE", "KEY", "VALUE"]);
+    for tag in &response.tags {
+        table.row(vec![
+            tag.resource_id.clone(),
+            tag.resource_type.clone(),
+            tag.key.clone(),
+            tag.value.clone(),
+        ]);
+    }
+    table.next_token(&response.next_token)
+}
+
+/// DescribeRegions.
+pub fn regions(response: &api::DescribeRegionsResponse) -> Table {
+    let mut table = Table::new(&["REGION", "ENDPOINT"]);
+    for region in &response.regions {
+        table.row(vec![region.region_name.clone(), region.endpoint.clone()]);
+    }
+    table
+}
+
+/// DescribeAvailabilityZones.
+pub fn availability_zones(response: &api::DescribeAvailabilityZonesResponse) -> Table {
+    let mut table = Table::new(&["ZONE", "STATE", "REGION", "HOSTS"]);
+    for zone in &response.availability_zones {
+        table.row(vec![
+            zone.zone_name.clone(),
+            zone.state.clone(),
+            zone.region_name.clone(),
+            zone.hosts.to_string(),
+        ]);
+    }
+    table
+}
+
+/// A single value under one column (RegisterImage's image ID).
+pub fn single(column: &'static str, value: &str) -> Table {
+    let mut table = Table::new(&[column]);
+    table.row(vec![value.to_owned()]);
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::tests::sample_instances;
+
+    #[test]
+    fn instances_table_is_aligned() {
+        let mut response = sample_instances();
+        let mut second = response.reservations[0].instances[0].clone();
+        second.instance_id = "i-0def456".into();
+        second.state = Some(api::InstanceState {
+            code: 80,
+            name: "stopped".into(),
+        });
+        second.private_ip_address.clear();
+        second.tags.clear();
+        response.reservations[0].instances.push(second);
+        assert_eq!(
+            instances(&response).render(),
+            "\
+ID         STATE    TYPE      AZ         IMAGE     IP        LAUNCHED              NAME
+i-0abc     running  t3.micro  hearth-1a  ami-0001  10.0.0.5  2026-01-02T03:04:05Z  web
+i-0def456  stopped  t3.micro  hearth-1a  ami-0001  -         2026-01-02T03:04:05Z  -
+"
+        );
+    }
+
+    #[test]
+    fn text_output_is_tab_separated_without_header() {
+        let table = instances(&sample_instances());
+        assert_eq!(
+            table.render_text(),
+            "i-0abc\trunning\tt3.micro\thearth-1a\tami-0001\t10.0.0.5\t2026-01-02T03:04:05Z\tweb\n"
+        );
+    }
+
+    #[test]
+    fn next_token_is_shown_under_the_table() {
+        let mut response = sample_instances();
+        response.next_token = "tok-2".into();
+        assert!(instances(&response).render().ends_with("web\nNextToken: tok-2\n"));
+    }
+
+    #[test]
+    fn empty_table_keeps_its_header() {
+        let response = api::DescribeKeyPairsResponse::default();
+        assert_eq!(key_pairs(&response).render(), "NAME  ID  TYPE  FINGERPRINT  CREATED\n");
+    }
+
+    #[test]
+    fn instance_types_are_readable() {
+        let response = api::DescribeInstanceTypesResponse {
+            instance_types: vec![api::InstanceTypeInfo {
+                instance_type: "m5d.large".into(),
+                family: "general".into(),
+                vcpus: 2,
+                memory_mib: 8192,
+                instance_store_disks: 1,
+                instance_store_gib: 75,
+                network_mbps: 750,
+                ebs_mbps: 650,
+                burstable: false,
+            }],
+        };
+        assert_eq!(
+            instance_types(&response).render(),
+            "\
+TYPE       FAMILY   VCPUS  MEMORY  INSTANCE-STORE  NETWORK   EBS       BURSTABLE
+m5d.large  general  2      8 GiB   1 x 75 GiB      750 Mbps  650 Mbps  no
+"
+        );
+    }
+}

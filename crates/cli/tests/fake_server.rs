@@ -1,0 +1,775 @@
+//! The `hearth` binary against an in-process fake `Compute` service on a Unix socket: connection, token,
+//! output formats, `--wait`, error text and exit codes. (Tests against a real hearthd live elsewhere.)
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hearth_api::v1::compute_server::{Compute, ComputeServer};
+use hearth_api::v1::*;
+use prost::Message;
+use tonic::{Code, Request, Response, Status};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// One fake instance: its state, and the state it moves to after `polls` more DescribeInstances.
+#[derive(Clone)]
+struct FakeInstance {
+    state: &'static str,
+    next: Option<(&'static str, u32)>,
+    name: String,
+}
+
+#[derive(Default)]
+struct FakeState {
+    instances: BTreeMap<String, FakeInstance>,
+    authorization: Vec<String>,
+    launched: u32,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+fn code_of(state: &str) -> i32 {
+    match state {
+        "pending" => 0,
+        "running" => 16,
+        "shutting-down" => 32,
+        "terminated" => 48,
+        "stopping" => 64,
+        _ => 80,
+    }
+}
+
+fn state(name: &str) -> Option<InstanceState> {
+    Some(InstanceState {
+        code: code_of(name),
+        name: name.into(),
+    })
+}
+
+fn instance(id: &str, fake: &FakeInstance) -> Instance {
+    Instance {
+        instance_id: id.into(),
+        image_id: "ami-0001".into(),
+        instance_type: "t3.micro".into(),
+        state: state(fake.state),
+        launch_time: "2026-01-02T03:04:05Z".into(),
+        availability_zone: "hearth-1a".into(),
+        tags: if fake.name.is_empty() {
+            vec![]
+        } else {
+            vec![Tag {
+                key: "Name".into(),
+                value: fake.name.clone(),
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!(
+        "InvalidInstanceID.NotFound: The instance ID '{id}' does not exist"
+    ))
+}
+
+fn unimplemented<T>() -> Reply<T> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+impl Fake {
+    fn record<T>(&self, request: &Request<T>) {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        self.0.lock().unwrap().authorization.push(auth);
+    }
+
+    fn transition(
+        &self,
+        ids: &[String],
+        to: &'static str,
+        then: Option<(&'static str, u32)>,
+    ) -> Result<InstanceStateChanges, Status> {
+        let mut state = self.0.lock().unwrap();
+        if let Some(unknown) = ids.iter().find(|id| !state.instances.contains_key(*id)) {
+            return Err(not_found(unknown));
+        }
+        let mut changes = Vec::new();
+        for id in ids {
+            let fake = state.instances.get_mut(id).unwrap();
+            changes.push(InstanceStateChange {
+                instance_id: id.clone(),
+                previous_state: self::state(fake.state),
+                current_state: self::state(to),
+            });
+            fake.state = to;
+            fake.next = then;
+        }
+        Ok(InstanceStateChanges { changes })
+    }
+}
+
+#[tonic::async_trait]
+impl Compute for Fake {
+    async fn run_instances(&self, request: Request<RunInstancesRequest>) -> Reply<Reservation> {
+        self.record(&request);
+        let request = request.into_inner();
+        if request.dry_run {
+            return Err(Status::failed_precondition(
+                "DryRunOperation: the fake says it would work",
+            ));
+        }
+        let name = request
+            .tag_specifications
+            .iter()
+            .flat_map(|s| &s.tags)
+            .find(|t| t.key == "Name")
+            .map(|t| t.value.clone())
+            .unwrap_or_default();
+        let mut state = self.0.lock().unwrap();
+        let mut instances = Vec::new();
+        for _ in 0..request.max_count.max(1) {
+            state.launched += 1;
+            let id = format!("i-{:04}", state.launched);
+            let fake = FakeInstance {
+                state: "pending",
+                next: Some(("running", 3)),
+                name: name.clone(),
+            };
+            instances.push(instance(&id, &fake));
+            state.instances.insert(id, fake);
+        }
+        Ok(Response::new(Reservation {
+            reservation_id: "r-0001".into(),
+            owner_id: "000000000000".into(),
+            instances,
+        }))
+    }
+
+    async fn describe_instances(&self, request: Request<DescribeInstancesRequest>) -> Reply<DescribeInstancesResponse> {
+        self.record(&request);
+        let request = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        if let Some(unknown) = request
+            .instance_ids
+            .iter()
+            .find(|id| !state.instances.contains_key(*id))
+        {
+            return Err(not_found(unknown));
+        }
+        let mut instances = Vec::new();
+        for (id, fake) in state.instances.iter_mut() {
+            if !request.instance_ids.is_empty() && !request.instance_ids.contains(id) {
+                continue;
+            }
+            if let Some((next, polls)) = fake.next {
+                if polls <= 1 {
+                    fake.state = next;
+                    fake.next = None;
+                } else {
+                    fake.next = Some((next, polls - 1));
+                }
+            }
+            instances.push(instance(id, fake));
+        }
+        Ok(Response::new(DescribeInstancesResponse {
+            reservations: vec![Reservation {
+                reservation_id: "r-0001".into(),
+                owner_id: "0".into(),
+                instances,
+            }],
+            next_token: String::new(),
+        }))
+    }
+
+    async fn describe_instance_status(
+        &self,
+        _: Request<DescribeInstanceStatusRequest>,
+    ) -> Reply<DescribeInstanceStatusResponse> {
+        unimplemented()
+    }
+
+    async fn start_instances(&self, request: Request<InstanceIdsRequest>) -> Reply<InstanceStateChanges> {
+        let ids = request.into_inner().instance_ids;
+        // i-stuck never leaves pending: for the --wait-timeout test.
+        let then = if ids.iter().any(|id| id == "i-stuck") {
+            None
+        } else {
+            Some(("running", 2))
+        };
+        self.transition(&ids, "pending", then).map(Response::new)
+    }
+
+    async fn stop_instances(&self, request: Request<StopInstancesRequest>) -> Reply<InstanceStateChanges> {
+        let ids = request.into_inner().instance_ids;
+        if ids.iter().any(|id| id == "i-protected") {
+            // The EC2 code only in the details, as an Ec2Error.
+            let detail = Ec2Error {
+                code: "IncorrectInstanceState".into(),
+                message: "The instance 'i-protected' is not in a state from which it can be stopped.".into(),
+            };
+            return Err(Status::with_details(
+                Code::FailedPrecondition,
+                "refused",
+                detail.encode_to_vec().into(),
+            ));
+        }
+        self.transition(&ids, "stopping", Some(("stopped", 2)))
+            .map(Response::new)
+    }
+
+    async fn reboot_instances(&self, _: Request<InstanceIdsRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn terminate_instances(&self, request: Request<InstanceIdsRequest>) -> Reply<InstanceStateChanges> {
+        let ids = request.into_inner().instance_ids;
+        self.transition(&ids, "shutting-down", Some(("terminated", 2)))
+            .map(Response::new)
+    }
+
+    async fn modify_instance_attribute(&self, _: Request<ModifyInstanceAttributeRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn describe_instance_attribute(
+        &self,
+        _: Request<DescribeInstanceAttributeRequest>,
+    ) -> Reply<InstanceAttribute> {
+        unimplemented()
+    }
+
+    async fn get_console_output(&self, request: Request<GetConsoleOutputRequest>) -> Reply<ConsoleOutput> {
+        Ok(Response::new(ConsoleOutput {
+            instance_id: request.into_inner().instance_id,
+            timestamp: "2026-01-02T03:04:05Z".into(),
+            output: "aGVsbG8gY29uc29sZQo=".into(), // "hello console\n"
+        }))
+    }
+
+    async fn describe_instance_types(
+        &self,
+        _: Request<DescribeInstanceTypesRequest>,
+    ) -> Reply<DescribeInstanceTypesResponse> {
+        unimplemented()
+    }
+
+    async fn register_image(&self, _: Request<RegisterImageRequest>) -> Reply<ImageId> {
+        unimplemented()
+    }
+
+    async fn describe_images(&self, _: Request<DescribeImagesRequest>) -> Reply<DescribeImagesResponse> {
+        unimplemented()
+    }
+
+    async fn deregister_image(&self, _: Request<ImageIdRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn create_image(&self, _: Request<CreateImageRequest>) -> Reply<ImageId> {
+        unimplemented()
+    }
+
+    async fn create_key_pair(&self, request: Request<CreateKeyPairRequest>) -> Reply<KeyPair> {
+        let request = request.into_inner();
+        Ok(Response::new(KeyPair {
+            key_name: request.key_name,
+            key_pair_id: "key-0001".into(),
+            key_fingerprint: "SHA256:fake".into(),
+            key_material: "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----".into(),
+            key_type: "ed25519".into(),
+        }))
+    }
+
+    async fn import_key_pair(&self, _: Request<ImportKeyPairRequest>) -> Reply<KeyPairInfo> {
+        unimplemented()
+    }
+
+    async fn describe_key_pairs(&self, _: Request<DescribeKeyPairsRequest>) -> Reply<DescribeKeyPairsResponse> {
+        unimplemented()
+    }
+
+    async fn delete_key_pair(&self, _: Request<DeleteKeyPairRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn create_tags(&self, _: Request<CreateTagsRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn delete_tags(&self, _: Request<DeleteTagsRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn describe_tags(&self, _: Request<DescribeTagsRequest>) -> Reply<DescribeTagsResponse> {
+        unimplemented()
+    }
+
+    async fn describe_regions(&self, _: Request<DescribeRegionsRequest>) -> Reply<DescribeRegionsResponse> {
+        Ok(Response::new(DescribeRegionsResponse {
+            regions: vec![Region {
+                region_name: "hearth-1".into(),
+                endpoint: "unix:/run/hearthd.sock".into(),
+            }],
+        }))
+    }
+
+    async fn describe_availability_zones(
+        &self,
+        _: Request<DescribeAvailabilityZonesRequest>,
+    ) -> Reply<DescribeAvailabilityZonesResponse> {
+        unimplemented()
+    }
+}
+
+/// A fake hearthd on a fresh Unix socket; the server task ends with the test's runtime.
+struct Server {
+    fake: Fake,
+    socket: PathBuf,
+}
+
+impl Server {
+    async fn start(name: &str) -> Server {
+        let socket = std::env::temp_dir().join(format!("hearth-cli-it-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let fake = Fake::default();
+        let service = ComputeServer::new(fake.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        Server { fake, socket }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    fn add(&self, id: &str, state: &'static str) {
+        let fake = FakeInstance {
+            state,
+            next: None,
+            name: String::new(),
+        };
+        self.fake.0.lock().unwrap().instances.insert(id.into(), fake);
+    }
+
+    async fn hearth(&self, args: &[&str]) -> Output {
+        hearth(&[&["--endpoint", &self.endpoint()], args].concat()).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn hearth(args: &[&str]) -> Output {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env_remove("HEARTH_ENDPOINT")
+        .env_remove("HEARTH_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_instances_waits_until_running_and_sends_the_token() {
+    let server = Server::start("run").await;
+    let out = server
+        .hearth(&[
+            "run-instances",
+            "--image-id",
+            "ami-0001",
+            "--count",
+            "2",
+            "--tag-specifications",
+            "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+            "--token",
+            "sekrit",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("ID      STATE    TYPE      AZ         IMAGE     IP  LAUNCHED"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains("i-0001  pending  t3.micro  hearth-1a  ami-0001  -   2026-01-02T03:04:05Z  web"));
+    for id in ["i-0001", "i-0002"] {
+        assert!(
+            out.stderr.contains(&format!("{id} pending → running (")),
+            "{}",
+            out.stderr
+        );
+    }
+    let auth = server.fake.0.lock().unwrap().authorization.clone();
+    assert!(auth.len() >= 4, "{auth:?}");
+    assert!(auth.iter().all(|a| a == "Bearer sekrit"), "{auth:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_prefix_and_json_output() {
+    let server = Server::start("json").await;
+    server.add("i-0abc", "running");
+    let out = server.hearth(&["ec2", "describe-instances", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let instance = &json["Reservations"][0]["Instances"][0];
+    assert_eq!(instance["InstanceId"], "i-0abc");
+    assert_eq!(instance["State"], serde_json::json!({"Code": 16, "Name": "running"}));
+    assert!(
+        out.stdout.contains("\n    \"Reservations\": ["),
+        "aws indents by four: {}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_terminate_wait_for_their_states() {
+    let server = Server::start("stop").await;
+    server.add("i-1", "running");
+    let out = server
+        .hearth(&["stop-instances", "--instance-ids", "i-1", "--wait", "--output", "text"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "i-1\trunning\tstopping\n");
+    assert!(out.stderr.contains("i-1 stopping → stopped ("), "{}", out.stderr);
+    let out = server
+        .hearth(&["terminate-instances", "--instance-ids", "i-1", "--wait"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("i-1 shutting-down → terminated ("),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout_exits_1() {
+    let server = Server::start("timeout").await;
+    server.add("i-stuck", "stopped");
+    let out = server
+        .hearth(&[
+            "start-instances",
+            "--instance-ids",
+            "i-stuck",
+            "--wait",
+            "--wait-timeout",
+            "0.3",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Timed out after 0.3 s waiting for running: i-stuck (pending)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_print_the_aws_text_and_exit_254() {
+    let server = Server::start("errors").await;
+    server.add("i-protected", "running");
+    let out = server.hearth(&["start-instances", "--instance-ids", "i-nope"]).await;
+    assert_eq!(out.code, 254);
+    assert_eq!(
+        out.stderr,
+        "\nAn error occurred (InvalidInstanceID.NotFound) when calling the StartInstances operation: \
+         The instance ID 'i-nope' does not exist\n"
+    );
+    let out = server
+        .hearth(&["stop-instances", "--instance-ids", "i-protected"])
+        .await;
+    assert_eq!(out.code, 254);
+    assert!(
+        out.stderr.contains(
+            "An error occurred (IncorrectInstanceState) when calling the StopInstances operation: \
+             The instance 'i-protected' is not in a state from which it can be stopped."
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = server
+        .hearth(&["run-instances", "--image-id", "ami-0001", "--dry-run"])
+        .await;
+    assert_eq!(out.code, 254);
+    assert_eq!(
+        out.stderr,
+        "\nAn error occurred (DryRunOperation) when calling the RunInstances operation: \
+         Request would have succeeded, but DryRun flag is set.\n"
+    );
+    let out = server.hearth(&["describe-images"]).await;
+    assert_eq!(out.code, 254);
+    assert!(out
+        .stderr
+        .contains("An error occurred (InvalidAction) when calling the DescribeImages operation"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_output_is_decoded_except_in_json() {
+    let server = Server::start("console").await;
+    let out = server
+        .hearth(&["get-console-output", "--instance-id", "i-1", "--output", "text"])
+        .await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello console\n"),
+        "{}",
+        out.stderr
+    );
+    let out = server
+        .hearth(&["get-console-output", "--instance-id", "i-1", "--output", "json"])
+        .await;
+    assert!(
+        out.stdout.contains("\"Output\": \"aGVsbG8gY29uc29sZQo=\""),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_key_pair_prints_or_saves_the_private_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start("keys").await;
+    let out = server.hearth(&["create-key-pair", "--key-name", "me"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n"
+    );
+    assert!(out.stderr.contains("Created key pair me (key-0001)"), "{}", out.stderr);
+
+    let path = std::env::temp_dir().join(format!("hearth-cli-it-{}-me.pem", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let out = server
+        .hearth(&["create-key-pair", "--key-name", "me", "--save", path.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("PRIVATE KEY"), "{}", out.stdout);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = server
+        .hearth(&["create-key-pair", "--key-name", "me", "--save", path.to_str().unwrap()])
+        .await;
+    assert_eq!(again.code, 1, "an existing key file is never overwritten");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_from_the_environment() {
+    let server = Server::start("env").await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["describe-regions", "--output", "text"])
+        .env("HEARTH_ENDPOINT", server.endpoint())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "hearth-1\tunix:/run/hearthd.sock\n"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_exits_255_and_names_it() {
+    let endpoint = format!("unix:{}/hearth-cli-it-absent.sock", std::env::temp_dir().display());
+    let out = hearth(&["describe-regions", "--endpoint", &endpoint]).await;
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr
+            .contains(&format!("Could not connect to the endpoint URL: \"{endpoint}\"")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_connecting() {
+    let endpoint = "unix:/nonexistent/hearthd.sock";
+    let out = hearth(&[
+        "create-tags",
+        "--resources",
+        "i-1",
+        "--tags",
+        "Value=x",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(out
+        .stderr
+        .contains("Error parsing parameter '--tags': Missing required parameter in Tags[0]: \"Key\""));
+    let out = hearth(&["run-instances", "--endpoint", endpoint]).await;
+    assert_eq!(out.code, 2);
+    let out = hearth(&[
+        "run-instances",
+        "--image-id",
+        "ami-1",
+        "--user-data",
+        "file:///nonexistent/ud",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("Unable to load paramfile file:///nonexistent/ud"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `openssl` with `args` in `dir`; false when openssl is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_and_a_token() {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    let dir = std::env::temp_dir().join(format!("hearth-cli-it-{}-tls", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let made = openssl(
+        &dir,
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=hearth test CA",
+            ],
+        ]
+        .concat(),
+    ) && openssl(
+        &dir,
+        &[
+            &["req"],
+            &ec[..],
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    ) && openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    if !made {
+        eprintln!("skipped: openssl could not make test certificates");
+        return;
+    }
+    let identity = Identity::from_pem(
+        std::fs::read(dir.join("server.pem")).unwrap(),
+        std::fs::read(dir.join("server.key")).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = Fake::default();
+    fake.0.lock().unwrap().instances.insert(
+        "i-tls".into(),
+        FakeInstance {
+            state: "running",
+            next: None,
+            name: "secure".into(),
+        },
+    );
+    let server = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .unwrap()
+        .add_service(ComputeServer::new(fake.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+
+    let endpoint = format!("https://localhost:{port}");
+    let ca = dir.join("ca.pem");
+    let out = hearth(&[
+        "describe-instances",
+        "--endpoint",
+        &endpoint,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--token",
+        "t0k",
+        "--output",
+        "text",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("i-tls\trunning\t"), "{}", out.stdout);
+    assert_eq!(fake.0.lock().unwrap().authorization, ["Bearer t0k"]);
+
+    // Without the private CA the server's certificate is not trusted: a connection failure.
+    let out = hearth(&["describe-instances", "--endpoint", &endpoint]).await;
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("Could not connect to the endpoint URL: \"{endpoint}\"")),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

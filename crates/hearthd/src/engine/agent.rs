@@ -1,0 +1,346 @@
+//! The agents' side: a Sync registers the host, applies its reported actual state with
+//! the rules of docs/control-plane.md, and answers the host's desired state (long poll).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Engine, State};
+use crate::error::{Ec2Error, Ec2Result};
+use crate::model::{DesiredRun, Host, Instance, InstanceState, ShutdownBehavior, StateReason, VolumeState};
+use crate::store::Changes;
+
+/// Longest long poll an agent may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What an agent says about its host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostReport {
+    /// Stable host ID.
+    pub host_id: String,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// vCPUs offered.
+    pub vcpus: u32,
+    /// Memory offered.
+    pub memory_mib: u64,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// What an agent says about one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActualReport {
+    /// The instance.
+    pub instance_id: String,
+    /// `running`, `stopping`, `stopped` or `terminated`.
+    pub phase: String,
+    /// The VMM's pid.
+    pub pid: i32,
+    /// Start generation of the VMM running now (or last run).
+    pub start_generation: u64,
+    /// Last reboot request carried out.
+    pub reboot_generation: u64,
+    /// hearth-vmm exit reason of the last VMM that ended.
+    pub last_exit_reason: String,
+    /// Its detail.
+    pub last_exit_detail: String,
+    /// VMMs started for the current start generation.
+    pub boot_count: u32,
+    /// Volumes removed on terminate.
+    pub deleted_volumes: Vec<String>,
+}
+
+/// One volume of a desired instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVolume {
+    /// `vol-…`.
+    pub volume_id: String,
+    /// Device name.
+    pub device_name: String,
+    /// File to clone when the volume file does not exist yet ("" = blank).
+    pub source_path: String,
+    /// Grow to this size.
+    pub size_bytes: u64,
+    /// Read-only.
+    pub read_only: bool,
+    /// Delete on terminate.
+    pub delete_on_termination: bool,
+}
+
+/// One instance as its host should run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredInstance {
+    /// `i-…`.
+    pub instance_id: String,
+    /// Desired run state.
+    pub run: DesiredRun,
+    /// Start generation.
+    pub start_generation: u64,
+    /// Reboot generation.
+    pub reboot_generation: u64,
+    /// Kill instead of a graceful stop.
+    pub force_stop: bool,
+    /// Graceful stop timeout.
+    pub stop_timeout_ms: i64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory.
+    pub memory_mib: u64,
+    /// Kernel file.
+    pub kernel_path: String,
+    /// Initrd file ("" = none).
+    pub initrd_path: String,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Volumes in slot order, root first.
+    pub volumes: Vec<DesiredVolume>,
+}
+
+/// The answer to a Sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAnswer {
+    /// Revision of the host's desired state.
+    pub revision: u64,
+    /// Its instances (all but terminated ones).
+    pub instances: Vec<DesiredInstance>,
+}
+
+/// The outcome of a report on one instance.
+fn apply_actual(instance: &Instance, actual: &ActualReport, now: i64) -> Option<Instance> {
+    let mut next = instance.clone();
+    next.actual.phase = actual.phase.clone();
+    next.actual.pid = actual.pid;
+    next.actual.start_generation = actual.start_generation;
+    next.actual.boot_count = actual.boot_count;
+    let current = actual.start_generation == instance.start_generation;
+    match (instance.state, instance.desired, actual.phase.as_str()) {
+        (InstanceState::Pending, DesiredRun::Running, "running") if current => {
+            next.state = InstanceState::Running;
+            next.state_reason = None;
+        }
+        (InstanceState::Stopping, DesiredRun::Stopped, "stopped" | "terminated") => {
+            next.state = InstanceState::Stopped;
+            next.force_stop = false;
+        }
+        (InstanceState::ShuttingDown, DesiredRun::Terminated, "terminated") => {
+            next.state = InstanceState::Terminated;
+            next.terminated_at_ms = Some(now);
+        }
+        (InstanceState::Pending | InstanceState::Running, DesiredRun::Running, "stopped") if current => {
+            match actual.last_exit_reason.as_str() {
+                // The agent restarts a rebooting guest itself; nothing to decide here.
+                "guest-reboot" => {}
+                "guest-poweroff" => {
+                    next.state_reason = Some(StateReason::new(
+                        "Client.InstanceInitiatedShutdown",
+                        "Instance initiated shutdown",
+                    ));
+                    next.state_transition_reason = format!("Instance initiated shutdown ({})", crate::time::gmt(now));
+                    match instance.shutdown_behavior {
+                        ShutdownBehavior::Stop => {
+                            next.state = InstanceState::Stopped;
+                            next.desired = DesiredRun::Stopped;
+                        }
+                        ShutdownBehavior::Terminate => {
+                            next.state = InstanceState::ShuttingDown;
+                            next.desired = DesiredRun::Terminated;
+                        }
+                    }
+                }
+                reason => {
+                    let detail = match (reason, actual.last_exit_detail.as_str()) {
+                        ("", "") => "the VMM ended".to_string(),
+                        ("", detail) => detail.to_string(),
+                        (reason, "") => reason.to_string(),
+                        (reason, detail) => format!("{reason}: {detail}"),
+                    };
+                    next.state = InstanceState::Stopped;
+                    next.desired = DesiredRun::Stopped;
+                    next.state_reason = Some(StateReason::new("Server.InternalError", &detail));
+                    next.state_transition_reason = format!("Server error ({})", crate::time::gmt(now));
+                }
+            }
+        }
+        _ => {}
+    }
+    (next != *instance).then_some(next)
+}
+
+impl Engine {
+    /// Applies one Sync report: registers or updates the host, applies each reported
+    /// instance, and answers the host's desired state.
+    pub fn report(&self, host: &HostReport, actual: &[ActualReport]) -> Ec2Result<SyncAnswer> {
+        if host.host_id.is_empty() {
+            return Err(Ec2Error::MissingParameter("host.host_id".into()));
+        }
+        let now = self.now();
+        let mut inner = self.lock();
+        inner.state.host_seen_ms.insert(host.host_id.clone(), now);
+        let state = &inner.state;
+        let mut changes = Changes::default();
+        let zone = if host.availability_zone.is_empty() {
+            format!("{}a", self.options.region)
+        } else {
+            host.availability_zone.clone()
+        };
+        let record = Host {
+            id: host.host_id.clone(),
+            availability_zone: zone,
+            vcpus: host.vcpus,
+            memory_mib: host.memory_mib,
+            agent_version: host.agent_version.clone(),
+            revision: state.hosts.get(&host.host_id).map_or(0, |h| h.revision),
+        };
+        if state.hosts.get(&host.host_id) != Some(&record) {
+            changes.hosts.push(record);
+        }
+        let mut desired_moved = false;
+        // Progress of the agent alone (phase, pid, boot count) is kept in memory only.
+        let mut progress = Vec::new();
+        for report in actual {
+            let Some(instance) = state.instances.get(&report.instance_id) else {
+                continue;
+            };
+            if instance.host_id != host.host_id {
+                continue;
+            }
+            let Some(mut next) = apply_actual(instance, report, now) else {
+                continue;
+            };
+            if next.state == instance.state && next.desired == instance.desired {
+                progress.push(next);
+                continue;
+            }
+            desired_moved |= next.desired != instance.desired || next.state == InstanceState::Terminated;
+            if next.state == InstanceState::Terminated {
+                release_volumes(state, instance, &mut changes);
+                next.block_devices.clear();
+            }
+            changes.instances.push(next);
+        }
+        if desired_moved {
+            state.bump_hosts(&mut changes, [host.host_id.as_str()]);
+        }
+        self.commit(&mut inner, changes)?;
+        for instance in progress {
+            inner.state.instances.insert(instance.id.clone(), Arc::new(instance));
+        }
+        Ok(self.desired_of(&inner.state, &host.host_id))
+    }
+
+    /// The desired state of a host now.
+    pub fn desired_state(&self, host_id: &str) -> SyncAnswer {
+        let inner = self.lock();
+        self.desired_of(&inner.state, host_id)
+    }
+
+    fn desired_of(&self, state: &State, host_id: &str) -> SyncAnswer {
+        let revision = state.hosts.get(host_id).map_or(0, |host| host.revision);
+        let mut instances: Vec<&Instance> = state
+            .instances
+            .values()
+            .filter(|i| i.host_id == host_id && i.state != InstanceState::Terminated)
+            .map(|i| i.as_ref())
+            .collect();
+        instances.sort_by(|a, b| (a.launch_time_ms, &a.id).cmp(&(b.launch_time_ms, &b.id)));
+        let instances = instances
+            .into_iter()
+            .map(|instance| {
+                let image = state.images.get(&instance.image_id);
+                let kernel_path = instance
+                    .kernel_override
+                    .clone()
+                    .or_else(|| image.map(|image| image.kernel_path.clone()))
+                    .unwrap_or_default();
+                let initrd_path = instance
+                    .ramdisk_override
+                    .clone()
+                    .or_else(|| image.and_then(|image| image.initrd_path.clone()))
+                    .unwrap_or_default();
+                let mut cmdline = image.map(|image| image.command_line.clone()).unwrap_or_default();
+                if !cmdline.split_whitespace().any(|word| word.starts_with("root=")) {
+                    if !cmdline.is_empty() {
+                        cmdline.push(' ');
+                    }
+                    cmdline.push_str("root=/dev/vda");
+                }
+                let volumes = instance
+                    .block_devices
+                    .iter()
+                    .filter_map(|device| state.volumes.get(&device.volume_id).map(|volume| (device, volume)))
+                    .map(|(device, volume)| DesiredVolume {
+                        volume_id: volume.id.clone(),
+                        device_name: device.device_name.clone(),
+                        source_path: volume.source_path.clone(),
+                        size_bytes: volume.size_bytes(),
+                        read_only: false,
+                        delete_on_termination: device.delete_on_termination,
+                    })
+                    .collect();
+                DesiredInstance {
+                    instance_id: instance.id.clone(),
+                    run: instance.desired,
+                    start_generation: instance.start_generation,
+                    reboot_generation: instance.reboot_generation,
+                    force_stop: instance.force_stop,
+                    stop_timeout_ms: self.options.stop_timeout_ms,
+                    vcpus: instance.vcpus,
+                    memory_mib: instance.memory_mib,
+                    kernel_path,
+                    initrd_path,
+                    cmdline,
+                    volumes,
+                }
+            })
+            .collect();
+        SyncAnswer { revision, instances }
+    }
+
+    /// A whole Sync: applies the report, then answers at once when `known_revision` differs
+    /// from the host's revision, else waits up to `wait` for it to move.
+    pub async fn sync(
+        self: &Arc<Self>,
+        host: HostReport,
+        actual: Vec<ActualReport>,
+        known_revision: u64,
+        wait: Duration,
+    ) -> Ec2Result<SyncAnswer> {
+        let mut changed = self.revisions.subscribe();
+        let engine = Arc::clone(self);
+        let host_id = host.host_id.clone();
+        let answer = tokio::task::spawn_blocking(move || engine.report(&host, &actual))
+            .await
+            .map_err(|error| Ec2Error::io("apply a report", std::io::Error::other(error)))??;
+        if answer.revision != known_revision || wait.is_zero() {
+            return Ok(answer);
+        }
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {
+                    let answer = self.desired_state(&host_id);
+                    if answer.revision != known_revision {
+                        return Ok(answer);
+                    }
+                }
+                Ok(Err(_)) | Err(_) => return Ok(self.desired_state(&host_id)),
+            }
+        }
+    }
+}
+
+/// Volumes of a terminated instance: DeleteOnTermination ones deleted, the others detached.
+fn release_volumes(state: &State, instance: &Instance, changes: &mut Changes) {
+    for device in &instance.block_devices {
+        if let Some(volume) = state.volumes.get(&device.volume_id) {
+            let mut volume = volume.clone();
+            if device.delete_on_termination {
+                volume.state = VolumeState::Deleted;
+            } else {
+                volume.state = VolumeState::Available;
+                volume.attachment = None;
+            }
+            changes.volumes.push(volume);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The EC2 engine: every Compute call and the agents' Sync over the store, as plain Rust.
+//!
+//! The working set lives in memory behind one mutex; every change is committed to the
+//! [`Store`] (one transaction) before memory is updated and before the call returns.
+
+mod agent;
+mod images;
+mod instances;
+mod keys;
+mod tags;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+pub use agent::{ActualReport, DesiredInstance, DesiredVolume, HostReport, SyncAnswer};
+pub use images::{CreateImageRequest, RegisterImageRequest};
+pub use instances::{
+    InstanceAttribute, InstanceStatus, ModifyInstanceRequest, Reservation, RunInstancesRequest, StateChange,
+    TagSpecification,
+};
+pub use keys::CreatedKeyPair;
+pub use tags::{AvailabilityZone, Region, TagDescription};
+
+use crate::error::{Ec2Error, Ec2Result};
+use crate::hostfiles::{ConsoleSource, LocalConsole, LocalVolumes, VolumeFiles};
+use crate::instance_types::InstanceTypes;
+use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, Volume};
+use crate::store::{Changes, Store, StoreError};
+use crate::time::{Clock, SystemClock};
+
+/// How the engine behaves, and where it finds what it needs.
+pub struct EngineOptions {
+    /// Region name (`DescribeRegions`).
+    pub region: String,
+    /// Endpoint shown by `DescribeRegions`.
+    pub endpoint: String,
+    /// Availability zones that exist even without a host.
+    pub availability_zones: Vec<String>,
+    /// Image store: `<dir>/<ami-id>/{kernel,initrd,root.img}`.
+    pub image_dir: PathBuf,
+    /// Instance types offered.
+    pub instance_types: InstanceTypes,
+    /// Graceful stop timeout sent to agents.
+    pub stop_timeout_ms: i64,
+    /// vCPUs placed per host vCPU (overcommit, as OpenStack's `cpu_allocation_ratio`).
+    pub cpu_allocation_ratio: f64,
+    /// Guest memory placed per MiB a host offers (guest RAM is touched lazily).
+    pub ram_allocation_ratio: f64,
+    /// A host silent for longer is impaired and gets no new instances.
+    pub host_timeout_ms: i64,
+    /// How long terminated instances stay visible.
+    pub terminated_retention_ms: i64,
+    /// Owner ID shown on reservations.
+    pub owner_id: String,
+    /// Console logs.
+    pub console: Arc<dyn ConsoleSource>,
+    /// Volume files (for CreateImage).
+    pub volume_files: Arc<dyn VolumeFiles>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EngineOptions {
+    /// Defaults for a data directory: region `homelab-1`, images in `<data>/images`, and a
+    /// local agent's files in `<data>/agent/run` and `<data>/agent/volumes`.
+    pub fn new(data_dir: &std::path::Path) -> EngineOptions {
+        EngineOptions {
+            region: "homelab-1".to_string(),
+            endpoint: String::new(),
+            availability_zones: Vec::new(),
+            image_dir: data_dir.join("images"),
+            instance_types: InstanceTypes::built_in(),
+            stop_timeout_ms: 30_000,
+            cpu_allocation_ratio: 16.0,
+            ram_allocation_ratio: 1.5,
+            host_timeout_ms: 10_000,
+            terminated_retention_ms: 3_600_000,
+            owner_id: "000000000000".to_string(),
+            console: Arc::new(LocalConsole {
+                run_dir: data_dir.join("agent/run"),
+            }),
+            volume_files: Arc::new(LocalVolumes {
+                dir: data_dir.join("agent/volumes"),
+            }),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The in-memory working set, a mirror of the store.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) instances: HashMap<String, Arc<Instance>>,
+    pub(crate) volumes: HashMap<String, Volume>,
+    pub(crate) images: HashMap<String, Image>,
+    pub(crate) key_pairs: BTreeMap<String, KeyPair>,
+    pub(crate) hosts: BTreeMap<String, Host>,
+    pub(crate) client_tokens: HashMap<String, ClientTokenRecord>,
+    pub(crate) revision: u64,
+    /// When each host last synced (memory only: a restarted hearthd waits for reports).
+    pub(crate) host_seen_ms: HashMap<String, i64>,
+}
+
+impl State {
+    fn apply(&mut self, changes: Changes) {
+        for instance in changes.instances {
+            self.instances.insert(instance.id.clone(), Arc::new(instance));
+        }
+        for id in changes.deleted_instances {
+            self.instances.remove(&id);
+        }
+        for volume in changes.volumes {
+            self.volumes.insert(volume.id.clone(), volume);
+        }
+        for id in changes.deleted_volumes {
+            self.volumes.remove(&id);
+        }
+        for image in changes.images {
+            self.images.insert(image.id.clone(), image);
+        }
+        for id in changes.deleted_images {
+            self.images.remove(&id);
+        }
+        for key_pair in changes.key_pairs {
+            self.key_pairs.insert(key_pair.name.clone(), key_pair);
+        }
+        for name in changes.deleted_key_pairs {
+            self.key_pairs.remove(&name);
+        }
+        for host in changes.hosts {
+            self.hosts.insert(host.id.clone(), host);
+        }
+        for record in changes.client_tokens {
+            self.client_tokens.insert(record.token.clone(), record);
+        }
+        for token in changes.deleted_client_tokens {
+            self.client_tokens.remove(&token);
+        }
+        if let Some(revision) = changes.revision {
+            self.revision = revision;
+        }
+    }
+
+    /// Whether `host_id` synced within `timeout_ms` of `now`.
+    pub(crate) fn host_is_live(&self, host_id: &str, now: i64, timeout_ms: i64) -> bool {
+        self.host_seen_ms
+            .get(host_id)
+            .is_some_and(|seen| now - seen <= timeout_ms)
+    }
+
+    /// Marks the desired state of `hosts` changed: they get the next revision.
+    pub(crate) fn bump_hosts<'a>(&self, changes: &mut Changes, hosts: impl IntoIterator<Item = &'a str>) {
+        let next = self.revision + 1;
+        let hosts: BTreeSet<&str> = hosts.into_iter().collect();
+        for host_id in hosts {
+            if let Some(host) = changes.hosts.iter_mut().find(|host| host.id == host_id) {
+                host.revision = next;
+            } else if let Some(host) = self.hosts.get(host_id) {
+                changes.hosts.push(Host {
+                    revision: next,
+                    ..host.clone()
+                });
+            } else {
+                continue;
+            }
+            changes.revision = Some(next);
+        }
+    }
+}
+
+struct Inner {
+    state: State,
+    store: Box<dyn Store>,
+}
+
+/// The engine: EC2 semantics over a [`Store`].
+pub struct Engine {
+    inner: Mutex<Inner>,
+    options: EngineOptions,
+    revisions: watch::Sender<u64>,
+}
+
+impl Engine {
+    /// Loads every record from `store`.
+    pub fn open(mut store: Box<dyn Store>, options: EngineOptions) -> Result<Engine, StoreError> {
+        let snapshot = store.load()?;
+        let mut state = State {
+            revision: snapshot.revision,
+            ..State::default()
+        };
+        state.apply(Changes {
+            instances: snapshot.instances,
+            volumes: snapshot.volumes,
+            images: snapshot.images,
+            key_pairs: snapshot.key_pairs,
+            hosts: snapshot.hosts,
+            client_tokens: snapshot.client_tokens,
+            ..Changes::default()
+        });
+        let (revisions, _) = watch::channel(state.revision);
+        Ok(Engine {
+            inner: Mutex::new(Inner { state, store }),
+            options,
+            revisions,
+        })
+    }
+
+    /// The options the engine runs with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // State only changes after a successful commit, so a poisoned lock holds consistent data.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// Commits `changes` to the store, then to memory, then wakes agents waiting on a revision.
+    fn commit(&self, inner: &mut Inner, changes: Changes) -> Ec2Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        inner.store.commit(&changes)?;
+        let moved = changes.revision;
+        inner.state.apply(changes);
+        if let Some(revision) = moved {
+            self.revisions.send_replace(revision);
+        }
+        Ok(())
+    }
+
+    /// Removes terminated instances older than the retention (with their deleted volumes
+    /// and client tokens) and deregistered images no instance uses any more. Returns how
+    /// many instances went.
+    pub fn purge(&self) -> Ec2Result<usize> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let state = &inner.state;
+        let cutoff = now - self.options.terminated_retention_ms;
+        let mut changes = Changes::default();
+        for instance in state.instances.values() {
+            if instance.terminated_at_ms.is_some_and(|at| at <= cutoff) {
+                changes.deleted_instances.push(instance.id.clone());
+            }
+        }
+        let gone: BTreeSet<&str> = changes.deleted_instances.iter().map(String::as_str).collect();
+        for volume in state.volumes.values() {
+            let orphan = volume.state == crate::model::VolumeState::Deleted
+                && volume
+                    .attachment
+                    .as_ref()
+                    .is_none_or(|a| gone.contains(a.instance_id.as_str()));
+            if orphan {
+                changes.deleted_volumes.push(volume.id.clone());
+            }
+        }
+        let live_reservations: BTreeSet<&str> = state
+            .instances
+            .values()
+            .filter(|i| !gone.contains(i.id.as_str()))
+            .map(|i| i.reservation_id.as_str())
+            .collect();
+        for record in state.client_tokens.values() {
+            if !live_reservations.contains(record.reservation_id.as_str()) {
+                changes.deleted_client_tokens.push(record.token.clone());
+            }
+        }
+        let used_images: BTreeSet<&str> = state
+            .instances
+            .values()
+            .filter(|i| i.state != crate::model::InstanceState::Terminated)
+            .map(|i| i.image_id.as_str())
+            .collect();
+        let mut removed_images = Vec::new();
+        for image in state.images.values() {
+            if image.state == crate::model::ImageState::Deregistered && !used_images.contains(image.id.as_str()) {
+                changes.deleted_images.push(image.id.clone());
+                removed_images.push(image.id.clone());
+            }
+        }
+        let purged = changes.deleted_instances.len();
+        self.commit(&mut inner, changes)?;
+        drop(inner);
+        for id in removed_images {
+            let _ = std::fs::remove_dir_all(self.options.image_dir.join(id));
+        }
+        Ok(purged)
+    }
+}
+
+/// Refuses an empty ID list the EC2 way.
+pub(crate) fn require_ids(ids: &[String]) -> Ec2Result<()> {
+    if ids.is_empty() {
+        return Err(Ec2Error::InvalidParameterCombination(
+            "No instances specified".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks tags the EC2 way: key 1–128 characters, not `aws:`, value up to 256.
+pub(crate) fn check_tag(key: &str, value: &str) -> Ec2Result<()> {
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(Ec2Error::InvalidParameterValue(format!(
+            "Tag key '{key}' must be 1 to 128 characters"
+        )));
+    }
+    if key.starts_with("aws:") {
+        return Err(Ec2Error::InvalidParameterValue(
+            "Tag keys starting with 'aws:' are reserved".to_string(),
+        ));
+    }
+    if value.chars().count() > 256 {
+        return Err(Ec2Error::InvalidParameterValue(format!(
+            "The value of tag '{key}' is longer than 256 characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Most tags a resource may carry.
+pub(crate) const MAX_TAGS: usize = 50;

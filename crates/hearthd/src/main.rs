@@ -1,0 +1,202 @@
+//! `hearthd`: hearth's control daemon (see `hearthd --help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hearth_agent::{run_agent, AgentConfig, HostSpec};
+use hearthd::server::{default_data_dir, TlsFiles};
+use hearthd::{Hearthd, ServeConfig};
+
+const USAGE: &str = "\
+hearthd: hearth's control daemon (EC2 API over gRPC, agents sync with it)
+
+usage: hearthd [options]
+  --data-dir DIR            state, images, socket, token (default ~/.local/share/hearth)
+  --listen unix:PATH        Unix socket, mode 0600 (default <data-dir>/hearthd.sock)
+  --listen-tcp ADDR         also serve on TCP, TLS only (needs --tls-cert and --tls-key)
+  --tls-cert FILE           PEM certificate chain for --listen-tcp
+  --tls-key FILE            PEM private key for --listen-tcp
+  --agent-token-file FILE   agents' bearer token (default <data-dir>/agent-token; created if missing)
+  --region NAME             region name (default homelab-1)
+  --config FILE             JSON: {\"instance_types\": [...], \"availability_zones\": [...], \"stop_timeout_ms\": N,
+                            \"cpu_allocation_ratio\": 16, \"ram_allocation_ratio\": 1.5}
+  --agent-run-dir DIR       a local agent's run dir, for console output (default <data-dir>/agent/run)
+  --agent-volume-dir DIR    a local agent's volume dir, for CreateImage (default <data-dir>/agent/volumes)
+  --dev                     also run a local agent in this process (one command for a
+                            single host: run dir and volumes under <data-dir>/agent)
+  --vmm PATH                with --dev: the hearth-vmm binary (default: next to hearthd)
+  -h, --help                this text
+";
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What the command line asks for.
+struct Options {
+    config: ServeConfig,
+    /// `--dev`: run a local agent in-process, with this hearth-vmm.
+    dev_vmm: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut config = ServeConfig::new(default_data_dir());
+    let mut dev = false;
+    let mut vmm = None;
+    let (mut cert, mut key) = (None, None);
+    let mut iter = args.iter();
+    while let Some(flag) = iter.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--data-dir" => config.data_dir = PathBuf::from(value()?),
+            "--listen" => {
+                let text = value()?;
+                let path = text
+                    .strip_prefix("unix:")
+                    .ok_or_else(|| format!("--listen takes unix:PATH, not {text}"))?;
+                config.listen_unix = Some(PathBuf::from(path));
+            }
+            "--listen-tcp" => {
+                let text = value()?;
+                config.listen_tcp = Some(
+                    text.parse::<SocketAddr>()
+                        .map_err(|e| format!("--listen-tcp {text}: {e}"))?,
+                );
+            }
+            "--tls-cert" => cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--agent-token-file" => config.agent_token_file = Some(PathBuf::from(value()?)),
+            "--region" => config.region = value()?,
+            "--config" => config.config_file = Some(PathBuf::from(value()?)),
+            "--agent-run-dir" => config.agent_run_dir = Some(PathBuf::from(value()?)),
+            "--agent-volume-dir" => config.agent_volume_dir = Some(PathBuf::from(value()?)),
+            "--dev" => dev = true,
+            "--vmm" => vmm = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
+        (None, None) => {}
+        _ => return Err("--tls-cert and --tls-key go together".to_string()),
+    }
+    if config.region.is_empty() {
+        return Err("--region must not be empty".to_string());
+    }
+    let dev_vmm = match (dev, vmm) {
+        (false, Some(_)) => return Err("--vmm goes with --dev".to_string()),
+        (false, None) => None,
+        (true, Some(vmm)) => Some(vmm),
+        (true, None) => Some(
+            std::env::current_exe()
+                .map_err(|e| format!("cannot locate hearthd itself: {e}"))?
+                .with_file_name("hearth-vmm"),
+        ),
+    };
+    if let Some(vmm) = &dev_vmm {
+        if !vmm.is_file() {
+            return Err(format!(
+                "hearth-vmm not found at {} (build it, or give --vmm)",
+                vmm.display()
+            ));
+        }
+    }
+    Ok(Some(Options { config, dev_vmm }))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Options { config, dev_vmm } = match parse(&args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("hearthd: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let region = config.region.clone();
+    let token_path = config.token_path();
+    let data_dir = config.data_dir.clone();
+    let daemon = match Hearthd::bind(config).await {
+        Ok(daemon) => daemon,
+        Err(error) => {
+            eprintln!("hearthd: {}", error_chain(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "hearthd: region {region}, listening on unix:{}{}; agent token in {}",
+        daemon.socket_path().display(),
+        daemon
+            .tcp_address()
+            .map(|a| format!(" and tls://{a}"))
+            .unwrap_or_default(),
+        token_path.display()
+    );
+    let (stop_agent, agent_stopped) = tokio::sync::watch::channel(false);
+    let agent = dev_vmm.map(|vmm_binary| {
+        let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+        let config = AgentConfig {
+            run_dir: data_dir.join("agent/run"),
+            volume_dir: data_dir.join("agent/volumes"),
+            vmm_binary,
+            host: HostSpec::detect(format!("{region}a")),
+            default_stop_timeout: std::time::Duration::from_secs(10),
+        };
+        eprintln!(
+            "hearthd: --dev: local agent {} in {} ({} vCPUs, {} MiB)",
+            config.host.host_id, config.host.availability_zone, config.host.vcpus, config.host.memory_mib
+        );
+        let endpoint = format!("unix:{}", daemon.socket_path().display());
+        let token = daemon.agent_token().to_string();
+        let mut stopped = agent_stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = run_agent(config, &endpoint, &token, shutdown).await {
+                eprintln!("hearthd: local agent: {}", hearth_agent::error_chain(&error));
+            }
+        })
+    });
+    let result = daemon.run(shutdown_signal()).await;
+    let _ = stop_agent.send(true);
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hearthd: {}", error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The records hearthd keeps: instances, volumes, images, key pairs, hosts, client tokens.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Tags of a resource, by key.
+pub type Tags = BTreeMap<String, String>;
+
+/// An instance's lifecycle state, with EC2's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// 0: being placed and booted.
+    Pending,
+    /// 16: its VMM runs.
+    Running,
+    /// 32: being terminated.
+    ShuttingDown,
+    /// 48: gone (visible for an hour).
+    Terminated,
+    /// 64: being stopped.
+    Stopping,
+    /// 80: stopped; its volumes remain.
+    Stopped,
+}
+
+impl InstanceState {
+    /// Every state.
+    pub const ALL: [InstanceState; 6] = [
+        InstanceState::Pending,
+        InstanceState::Running,
+        InstanceState::ShuttingDown,
+        InstanceState::Terminated,
+        InstanceState::Stopping,
+        InstanceState::Stopped,
+    ];
+
+    /// EC2's state code.
+    pub fn code(self) -> i32 {
+        match self {
+            InstanceState::Pending => 0,
+            InstanceState::Running => 16,
+            InstanceState::ShuttingDown => 32,
+            InstanceState::Terminated => 48,
+            InstanceState::Stopping => 64,
+            InstanceState::Stopped => 80,
+        }
+    }
+
+    /// EC2's state name.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+
+    /// Whether an instance in this state holds capacity on its host.
+    pub fn holds_capacity(self) -> bool {
+        !matches!(self, InstanceState::Stopped | InstanceState::Terminated)
+    }
+}
+
+/// What the agent should make of an instance (the desired `run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DesiredRun {
+    /// A VMM should run.
+    Running,
+    /// No VMM should run.
+    Stopped,
+    /// No VMM should run and the instance's DeleteOnTermination volumes should go.
+    Terminated,
+}
+
+impl DesiredRun {
+    /// The name sent to agents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredRun::Running => "running",
+            DesiredRun::Stopped => "stopped",
+            DesiredRun::Terminated => "terminated",
+        }
+    }
+}
+
+/// What happens when the guest powers itself off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownBehavior {
+    /// The instance stops (the default).
+    #[default]
+    Stop,
+    /// The instance is terminated.
+    Terminate,
+}
+
+impl ShutdownBehavior {
+    /// Parses `stop` or `terminate`; empty means `stop`.
+    pub fn parse(text: &str) -> Option<ShutdownBehavior> {
+        match text {
+            "" | "stop" => Some(ShutdownBehavior::Stop),
+            "terminate" => Some(ShutdownBehavior::Terminate),
+            _ => None,
+        }
+    }
+
+    /// The EC2 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownBehavior::Stop => "stop",
+            ShutdownBehavior::Terminate => "terminate",
+        }
+    }
+}
+
+/// Why an instance is in its state (EC2 `StateReason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReason {
+    /// e.g. `Client.UserInitiatedShutdown`.
+    pub code: String,
+    /// e.g. `Client.UserInitiatedShutdown: User initiated shutdown`.
+    pub message: String,
+}
+
+impl StateReason {
+    /// A reason with the code repeated at the start of the message, as EC2 writes it.
+    pub fn new(code: &str, text: &str) -> StateReason {
+        StateReason {
+            code: code.to_string(),
+            message: format!("{code}: {text}"),
+        }
+    }
+}
+
+/// A volume attached to an instance, as the instance lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceBlockDevice {
+    /// e.g. `/dev/xvda`.
+    pub device_name: String,
+    /// The volume.
+    pub volume_id: String,
+    /// Whether terminating the instance deletes the volume.
+    pub delete_on_termination: bool,
+    /// When it was attached (Unix ms).
+    pub attach_time_ms: i64,
+}
+
+/// What the agent last reported for an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActualSeen {
+    /// The agent's phase.
+    pub phase: String,
+    /// The start generation of the VMM running now or last.
+    pub start_generation: u64,
+    /// VMMs started for that start generation.
+    pub boot_count: u32,
+    /// The VMM's pid.
+    pub pid: i32,
+}
+
+/// An instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// `i-…`.
+    pub id: String,
+    /// `r-…` of its RunInstances call.
+    pub reservation_id: String,
+    /// `ami-…` it was launched from.
+    pub image_id: String,
+    /// e.g. `t3.micro`.
+    pub instance_type: String,
+    /// vCPUs of its type.
+    pub vcpus: u32,
+    /// Memory of its type.
+    pub memory_mib: u64,
+    /// Its availability zone (its host's).
+    pub availability_zone: String,
+    /// The host it is placed on.
+    pub host_id: String,
+    /// EC2 state.
+    pub state: InstanceState,
+    /// Why it is in that state.
+    pub state_reason: Option<StateReason>,
+    /// EC2 `StateTransitionReason`.
+    pub state_transition_reason: String,
+    /// Launch time (Unix ms); updated by each start, as EC2 does.
+    pub launch_time_ms: i64,
+    /// When it became `terminated` (Unix ms).
+    pub terminated_at_ms: Option<i64>,
+    /// Key pair name.
+    pub key_name: String,
+    /// User data (raw bytes).
+    pub user_data: Vec<u8>,
+    /// Tags.
+    pub tags: Tags,
+    /// Refuse TerminateInstances.
+    pub disable_api_termination: bool,
+    /// What a guest power-off does.
+    pub shutdown_behavior: ShutdownBehavior,
+    /// Desired run state sent to the agent.
+    pub desired: DesiredRun,
+    /// Bumped by RunInstances (1) and each StartInstances.
+    pub start_generation: u64,
+    /// Bumped by RebootInstances.
+    pub reboot_generation: u64,
+    /// Stop without waiting for the guest.
+    pub force_stop: bool,
+    /// Volumes, root first.
+    pub block_devices: Vec<InstanceBlockDevice>,
+    /// Root device name, e.g. `/dev/xvda`.
+    pub root_device_name: String,
+    /// `ebs` or `instance-store`.
+    pub root_device_type: String,
+    /// The client token of its RunInstances call.
+    pub client_token: String,
+    /// Its index in the reservation.
+    pub launch_index: u32,
+    /// A kernel file set by ModifyInstanceAttribute (else the image's).
+    pub kernel_override: Option<String>,
+    /// An initrd file set by ModifyInstanceAttribute (else the image's).
+    pub ramdisk_override: Option<String>,
+    /// What the agent reported last.
+    pub actual: ActualSeen,
+}
+
+/// A volume's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeState {
+    /// Not attached.
+    Available,
+    /// Attached to an instance.
+    InUse,
+    /// Deleted (with the instance).
+    Deleted,
+}
+
+impl VolumeState {
+    /// The EC2 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Available => "available",
+            VolumeState::InUse => "in-use",
+            VolumeState::Deleted => "deleted",
+        }
+    }
+}
+
+/// A volume's attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    /// The instance.
+    pub instance_id: String,
+    /// Its device name there.
+    pub device_name: String,
+    /// Whether terminating the instance deletes the volume.
+    pub delete_on_termination: bool,
+}
+
+/// A volume (a raw file on its host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// `vol-…`.
+    pub id: String,
+    /// Size in GiB.
+    pub size_gib: u64,
+    /// gp3, gp2, io2, st1, sc1.
+    pub volume_type: String,
+    /// Provisioned IOPS, if any.
+    pub iops: Option<u32>,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// The host whose disk holds the file.
+    pub host_id: String,
+    /// State.
+    pub state: VolumeState,
+    /// Attachment, while in use.
+    pub attachment: Option<VolumeAttachment>,
+    /// File to clone when the volume file does not exist yet ("" for a blank volume).
+    pub source_path: String,
+    /// Whether encryption was asked for.
+    pub encrypted: bool,
+    /// Created at (Unix ms).
+    pub create_time_ms: i64,
+    /// Tags.
+    pub tags: Tags,
+}
+
+impl Volume {
+    /// The size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_gib * GIB
+    }
+}
+
+/// Bytes in a GiB.
+pub const GIB: u64 = 1 << 30;
+
+/// An image's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageState {
+    /// Being created.
+    Pending,
+    /// Usable.
+    Available,
+    /// Creation failed.
+    Failed,
+    /// Deregistered (kept only while instances still use its files).
+    Deregistered,
+}
+
+impl ImageState {
+    /// The EC2 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Pending => "pending",
+            ImageState::Available => "available",
+            ImageState::Failed => "failed",
+            ImageState::Deregistered => "deregistered",
+        }
+    }
+}
+
+/// An EBS part of a block device mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EbsSpec {
+    /// Delete with the instance (default true for launch mappings).
+    pub delete_on_termination: Option<bool>,
+    /// Size of a new volume.
+    pub volume_size_gib: Option<u64>,
+    /// gp3 (default), gp2, io2, st1, sc1.
+    pub volume_type: String,
+    /// Provisioned IOPS.
+    pub iops: Option<u32>,
+    /// Throughput for gp3.
+    pub throughput_mibps: Option<u32>,
+    /// Snapshot to restore (not supported yet).
+    pub snapshot_id: String,
+    /// Ask for encryption.
+    pub encrypted: bool,
+}
+
+/// A block device mapping of an image or a launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDeviceMapping {
+    /// e.g. `/dev/xvdb`.
+    pub device_name: String,
+    /// An EBS volume.
+    pub ebs: Option<EbsSpec>,
+    /// `ephemeralN` for an instance-store disk.
+    pub virtual_name: String,
+    /// Suppress the image's mapping for this device.
+    pub no_device: bool,
+}
+
+/// An image (AMI): files in hearthd's image store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// `ami-…`.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// `x86_64`.
+    pub architecture: String,
+    /// State.
+    pub state: ImageState,
+    /// Created at (Unix ms).
+    pub creation_ms: i64,
+    /// The kernel file.
+    pub kernel_path: String,
+    /// The initrd file, if any.
+    pub initrd_path: Option<String>,
+    /// The root disk image.
+    pub root_path: String,
+    /// Size of the root disk image.
+    pub root_size_bytes: u64,
+    /// Root device name.
+    pub root_device_name: String,
+    /// `ebs` or `instance-store`.
+    pub root_device_type: String,
+    /// Default kernel command line.
+    pub command_line: String,
+    /// Block device mapping (besides the root).
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
+    /// The instance it was created from (CreateImage).
+    pub source_instance_id: Option<String>,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A key pair (the public half).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPair {
+    /// Unique name.
+    pub name: String,
+    /// `key-…`.
+    pub id: String,
+    /// `ed25519` or `rsa`.
+    pub key_type: String,
+    /// EC2 fingerprint.
+    pub fingerprint: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Created at (Unix ms).
+    pub create_time_ms: i64,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A host that runs an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Stable host ID.
+    pub id: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// vCPUs offered to instances.
+    pub vcpus: u32,
+    /// Memory offered to instances.
+    pub memory_mib: u64,
+    /// The agent's version.
+    pub agent_version: String,
+    /// Revision of this host's desired state.
+    pub revision: u64,
+}
+
+/// A RunInstances ClientToken and what it was used with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTokenRecord {
+    /// The token.
+    pub token: String,
+    /// The reservation it created.
+    pub reservation_id: String,
+    /// The call's parameters, canonical text.
+    pub parameters: String,
+    /// When (Unix ms).
+    pub created_ms: i64,
+}

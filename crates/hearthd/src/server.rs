@@ -1,0 +1,368 @@
+//! Running hearthd: open the store, bind the Unix socket (and TLS TCP), serve Compute and
+//! AgentControl, purge old terminated instances, stop on the shutdown future.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_api::v1::agent_control_server::AgentControlServer;
+use hearth_api::v1::compute_server::ComputeServer;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::engine::{Engine, EngineOptions};
+use crate::hostfiles::{LocalConsole, LocalVolumes};
+use crate::instance_types::InstanceType;
+use crate::service::{AgentService, AgentToken, ComputeService};
+use crate::store::{SqliteStore, StoreError};
+
+/// How often terminated instances past their hour are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// TLS files for the TCP listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// What `hearthd` is started with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// State, images, socket and token live here.
+    pub data_dir: PathBuf,
+    /// Unix socket (default `<data dir>/hearthd.sock`).
+    pub listen_unix: Option<PathBuf>,
+    /// Optional TCP address, served with TLS only.
+    pub listen_tcp: Option<SocketAddr>,
+    /// TLS certificate and key (required with `listen_tcp`).
+    pub tls: Option<TlsFiles>,
+    /// Agent token file (default `<data dir>/agent-token`), created with a random token if missing.
+    pub agent_token_file: Option<PathBuf>,
+    /// Region name.
+    pub region: String,
+    /// JSON file extending the instance types and listing zones.
+    pub config_file: Option<PathBuf>,
+    /// A local agent's run directory, for console logs (default `<data dir>/agent/run`).
+    pub agent_run_dir: Option<PathBuf>,
+    /// A local agent's volume directory, for CreateImage (default `<data dir>/agent/volumes`).
+    pub agent_volume_dir: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            listen_unix: None,
+            listen_tcp: None,
+            tls: None,
+            agent_token_file: None,
+            region: "homelab-1".to_string(),
+            config_file: None,
+            agent_run_dir: None,
+            agent_volume_dir: None,
+        }
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.listen_unix
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("hearthd.sock"))
+    }
+
+    /// The agent token file path.
+    pub fn token_path(&self) -> PathBuf {
+        self.agent_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agent-token"))
+    }
+}
+
+/// `$XDG_DATA_HOME/hearth`, else `~/.local/share/hearth`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir).join("hearth");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/hearth")
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Instance types added to (or replacing) the built-in ones.
+    #[serde(default)]
+    pub instance_types: Vec<InstanceType>,
+    /// Zones that exist even before a host registers.
+    #[serde(default)]
+    pub availability_zones: Vec<String>,
+    /// Graceful stop timeout sent to agents.
+    pub stop_timeout_ms: Option<i64>,
+    /// vCPU overcommit (default 16).
+    pub cpu_allocation_ratio: Option<f64>,
+    /// Memory overcommit (default 1.5).
+    pub ram_allocation_ratio: Option<f64>,
+}
+
+/// Why hearthd could not start or serve.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// A file or socket operation failed.
+    #[error("{operation}")]
+    Io {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("read the config file {path}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The state store could not be opened.
+    #[error("open the state store")]
+    Store(#[from] StoreError),
+    /// Another hearthd answers on the socket.
+    #[error("another hearthd is listening on {0}")]
+    AlreadyRunning(PathBuf),
+    /// TCP without TLS is refused.
+    #[error("--listen-tcp needs --tls-cert and --tls-key: hearthd does not serve plaintext TCP")]
+    TcpWithoutTls,
+    /// The gRPC server failed.
+    #[error("serve gRPC")]
+    Transport(#[source] tonic::transport::Error),
+    /// The agent token file is empty.
+    #[error("the agent token file {0} is empty")]
+    EmptyToken(PathBuf),
+}
+
+fn io(operation: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let operation = operation.into();
+    move |source| ServeError::Io { operation, source }
+}
+
+/// Reads the agent token from `path`, creating the file (mode 0600) with a random token first
+/// when it does not exist.
+pub fn ensure_agent_token(path: &Path) -> Result<String, ServeError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            let token = crate::ids::random_hex(32);
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io(format!("write the agent token {}", path.display())))?;
+            Ok(token)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let token = std::fs::read_to_string(path)
+                .map_err(io(format!("read the agent token {}", path.display())))?
+                .trim()
+                .to_string();
+            if token.is_empty() {
+                return Err(ServeError::EmptyToken(path.to_path_buf()));
+            }
+            Ok(token)
+        }
+        Err(error) => Err(io(format!("create the agent token {}", path.display()))(error)),
+    }
+}
+
+/// Builds the engine for a config: SQLite at `<data dir>/state.db`, images in
+/// `<data dir>/images`, instance types and zones from the config file.
+pub fn open_engine(config: &ServeConfig) -> Result<Engine, ServeError> {
+    if !config.data_dir.exists() {
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!("create {}", config.data_dir.display())))?;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("chmod 0700 {}", config.data_dir.display())))?;
+    }
+    // Paths handed to agents must not depend on hearthd's working directory.
+    let data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(io(format!("resolve {}", config.data_dir.display())))?;
+    let mut options = EngineOptions::new(&data_dir);
+    options.region = config.region.clone();
+    if let Some(dir) = &config.agent_run_dir {
+        options.console = Arc::new(LocalConsole { run_dir: dir.clone() });
+    }
+    if let Some(dir) = &config.agent_volume_dir {
+        options.volume_files = Arc::new(LocalVolumes { dir: dir.clone() });
+    }
+    if let Some(path) = &config.config_file {
+        let text = std::fs::read_to_string(path).map_err(io(format!("read the config file {}", path.display())))?;
+        let file: FileConfig = serde_json::from_str(&text).map_err(|source| ServeError::Config {
+            path: path.clone(),
+            source,
+        })?;
+        options.instance_types.extend(file.instance_types);
+        options.availability_zones = file.availability_zones;
+        if let Some(timeout) = file.stop_timeout_ms {
+            options.stop_timeout_ms = timeout;
+        }
+        if let Some(ratio) = file.cpu_allocation_ratio {
+            options.cpu_allocation_ratio = ratio;
+        }
+        if let Some(ratio) = file.ram_allocation_ratio {
+            options.ram_allocation_ratio = ratio;
+        }
+    }
+    std::fs::create_dir_all(&options.image_dir).map_err(io(format!("create {}", options.image_dir.display())))?;
+    let store = SqliteStore::open(&data_dir.join("state.db"))?;
+    Ok(Engine::open(Box::new(store), options)?)
+}
+
+/// A bound hearthd, ready to serve (bind first, then start an in-process agent, then `run`).
+pub struct Hearthd {
+    engine: Arc<Engine>,
+    token: String,
+    socket_path: PathBuf,
+    unix: UnixListener,
+    tcp: Option<(TcpListener, ServerTlsConfig)>,
+}
+
+impl Hearthd {
+    /// Opens the store, prepares the agent token, binds the listeners.
+    pub async fn bind(config: ServeConfig) -> Result<Hearthd, ServeError> {
+        let tls = match (&config.listen_tcp, &config.tls) {
+            (Some(_), None) => return Err(ServeError::TcpWithoutTls),
+            (Some(_), Some(files)) => {
+                let cert = std::fs::read(&files.cert).map_err(io(format!("read {}", files.cert.display())))?;
+                let key = std::fs::read(&files.key).map_err(io(format!("read {}", files.key.display())))?;
+                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            }
+            (None, _) => None,
+        };
+        let engine = Arc::new(open_engine(&config)?);
+        let token = ensure_agent_token(&config.token_path())?;
+        let socket_path = config.socket_path();
+        if socket_path.exists() {
+            if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
+                return Err(ServeError::AlreadyRunning(socket_path));
+            }
+            std::fs::remove_file(&socket_path).map_err(io(format!("remove the stale {}", socket_path.display())))?;
+        }
+        let unix = UnixListener::bind(&socket_path).map_err(io(format!("bind {}", socket_path.display())))?;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("chmod 0600 {}", socket_path.display())))?;
+        let tcp = match (config.listen_tcp, tls) {
+            (Some(address), Some(tls)) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(io(format!("bind {address}")))?;
+                Some((listener, tls))
+            }
+            _ => None,
+        };
+        Ok(Hearthd {
+            engine,
+            token,
+            socket_path,
+            unix,
+            tcp,
+        })
+    }
+
+    /// The engine (for an in-process agent or tests).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The agent token.
+    pub fn agent_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The bound TCP address, if any.
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes; removes the socket file afterwards.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let token = AgentToken::new(&self.token);
+        let compute = ComputeServer::new(ComputeService::new(Arc::clone(&self.engine)));
+        let agents = AgentControlServer::new(AgentService::new(Arc::clone(&self.engine), token));
+
+        let purge_engine = Arc::clone(&self.engine);
+        let purge_stop = stopped(stop_rx.clone());
+        let purge = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(PURGE_EVERY);
+            tokio::pin!(purge_stop);
+            loop {
+                tokio::select! {
+                    _ = &mut purge_stop => break,
+                    _ = ticks.tick() => {
+                        let engine = Arc::clone(&purge_engine);
+                        match tokio::task::spawn_blocking(move || engine.purge()).await {
+                            Ok(Err(error)) => eprintln!("hearthd: purge failed: {}", error.message()),
+                            Err(error) => eprintln!("hearthd: purge failed: {error}"),
+                            Ok(Ok(_)) => {}
+                        }
+                    }
+                }
+            }
+        });
+
+        let unix = Server::builder()
+            .add_service(compute.clone())
+            .add_service(agents.clone())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(self.unix), stopped(stop_rx.clone()));
+        let result = match self.tcp {
+            Some((listener, tls)) => {
+                let tcp = Server::builder()
+                    .tls_config(tls)
+                    .map_err(ServeError::Transport)?
+                    .add_service(compute)
+                    .add_service(agents)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+                let (a, b) = tokio::join!(unix, tcp);
+                a.and(b)
+            }
+            None => unix.await,
+        };
+        let _ = purge.await;
+        let _ = std::fs::remove_file(&self.socket_path);
+        result.map_err(ServeError::Transport)
+    }
+}
+
+/// Runs hearthd with `config` until `shutdown` completes.
+pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    Hearthd::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,450 @@
+//! `hearth.v1.Compute`: each call converts its request, runs the engine off the async
+//! threads (the store syncs to disk), and converts the answer or the EC2 error.
+
+use std::sync::Arc;
+
+use hearth_api::v1 as pb;
+use hearth_api::v1::compute_server::Compute;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status_of;
+use crate::engine::{
+    CreateImageRequest, Engine, ModifyInstanceRequest, RegisterImageRequest, RunInstancesRequest, TagSpecification,
+};
+use crate::error::Ec2Result;
+use crate::time::rfc3339;
+
+/// The Compute service over an [`Engine`].
+#[derive(Clone)]
+pub struct ComputeService {
+    engine: Arc<Engine>,
+}
+
+impl ComputeService {
+    /// A service answering from `engine`.
+    pub fn new(engine: Arc<Engine>) -> ComputeService {
+        ComputeService { engine }
+    }
+
+    async fn run<T, F>(&self, call: F) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine) -> Ec2Result<T> + Send + 'static,
+    {
+        let engine = Arc::clone(&self.engine);
+        match tokio::task::spawn_blocking(move || call(&engine)).await {
+            Ok(Ok(answer)) => Ok(Response::new(answer)),
+            Ok(Err(error)) => Err(status_of(&error)),
+            Err(panic) => Err(Status::internal(format!("InternalError: the call failed: {panic}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Compute for ComputeService {
+    async fn run_instances(
+        &self,
+        request: Request<pb::RunInstancesRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let request = RunInstancesRequest {
+            image_id: r.image_id,
+            instance_type: r.instance_type,
+            min_count: r.min_count,
+            max_count: r.max_count,
+            key_name: r.key_name,
+            user_data: r.user_data,
+            block_device_mappings: r.block_device_mappings.into_iter().map(convert::mapping_in).collect(),
+            tag_specifications: r
+                .tag_specifications
+                .into_iter()
+                .map(|spec| TagSpecification {
+                    resource_type: spec.resource_type,
+                    tags: spec.tags.into_iter().map(|tag| (tag.key, tag.value)).collect(),
+                })
+                .collect(),
+            client_token: r.client_token,
+            dry_run: r.dry_run,
+            disable_api_termination: r.disable_api_termination,
+            instance_initiated_shutdown_behavior: r.instance_initiated_shutdown_behavior,
+            availability_zone: r.availability_zone,
+        };
+        self.run(move |engine| engine.run_instances(request).map(|r| convert::reservation(&r)))
+            .await
+    }
+
+    async fn describe_instances(
+        &self,
+        request: Request<pb::DescribeInstancesRequest>,
+    ) -> Result<Response<pb::DescribeInstancesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            if r.dry_run {
+                return Err(crate::Ec2Error::DryRunOperation);
+            }
+            let (reservations, next_token) = engine.describe_instances(
+                &r.instance_ids,
+                &convert::filters(r.filters),
+                r.max_results,
+                &r.next_token,
+            )?;
+            Ok(pb::DescribeInstancesResponse {
+                reservations: reservations.iter().map(convert::reservation).collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    async fn describe_instance_status(
+        &self,
+        request: Request<pb::DescribeInstanceStatusRequest>,
+    ) -> Result<Response<pb::DescribeInstanceStatusResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let (statuses, next_token) = engine.describe_instance_status(
+                &r.instance_ids,
+                &convert::filters(r.filters),
+                r.include_all_instances,
+                r.max_results,
+                &r.next_token,
+            )?;
+            Ok(pb::DescribeInstanceStatusResponse {
+                instance_statuses: statuses
+                    .into_iter()
+                    .map(|status| pb::InstanceStatus {
+                        instance_id: status.instance_id,
+                        availability_zone: status.availability_zone,
+                        instance_state: Some(convert::state(status.state)),
+                        system_status: status.system_status,
+                        instance_status: status.instance_status,
+                    })
+                    .collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    async fn start_instances(
+        &self,
+        request: Request<pb::InstanceIdsRequest>,
+    ) -> Result<Response<pb::InstanceStateChanges>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.start_instances(&r.instance_ids, r.dry_run).map(convert::changes))
+            .await
+    }
+
+    async fn stop_instances(
+        &self,
+        request: Request<pb::StopInstancesRequest>,
+    ) -> Result<Response<pb::InstanceStateChanges>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .stop_instances(&r.instance_ids, r.force, r.hibernate, r.dry_run)
+                .map(convert::changes)
+        })
+        .await
+    }
+
+    async fn reboot_instances(&self, request: Request<pb::InstanceIdsRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .reboot_instances(&r.instance_ids, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn terminate_instances(
+        &self,
+        request: Request<pb::InstanceIdsRequest>,
+    ) -> Result<Response<pb::InstanceStateChanges>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .terminate_instances(&r.instance_ids, r.dry_run)
+                .map(convert::changes)
+        })
+        .await
+    }
+
+    async fn modify_instance_attribute(
+        &self,
+        request: Request<pb::ModifyInstanceAttributeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let request = ModifyInstanceRequest {
+            instance_id: r.instance_id,
+            disable_api_termination: r.disable_api_termination,
+            instance_initiated_shutdown_behavior: r.instance_initiated_shutdown_behavior,
+            instance_type: r.instance_type,
+            user_data: r.user_data,
+            kernel: r.kernel,
+            ramdisk: r.ramdisk,
+            dry_run: r.dry_run,
+        };
+        self.run(move |engine| engine.modify_instance_attribute(request).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn describe_instance_attribute(
+        &self,
+        request: Request<pb::DescribeInstanceAttributeRequest>,
+    ) -> Result<Response<pb::InstanceAttribute>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let attribute = engine.describe_instance_attribute(&r.instance_id, &r.attribute, r.dry_run)?;
+            Ok(pb::InstanceAttribute {
+                instance_id: attribute.instance_id,
+                attribute: attribute.attribute,
+                value: attribute.value,
+                block_device_mappings: attribute.block_devices.iter().map(convert::block_device).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_console_output(
+        &self,
+        request: Request<pb::GetConsoleOutputRequest>,
+    ) -> Result<Response<pb::ConsoleOutput>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let (bytes, at) = engine.get_console_output(&r.instance_id, r.dry_run)?;
+            Ok(pb::ConsoleOutput {
+                instance_id: r.instance_id,
+                timestamp: rfc3339(at),
+                output: crate::encoding::base64(&bytes),
+            })
+        })
+        .await
+    }
+
+    async fn describe_instance_types(
+        &self,
+        request: Request<pb::DescribeInstanceTypesRequest>,
+    ) -> Result<Response<pb::DescribeInstanceTypesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let types = engine.describe_instance_types(&r.instance_types, &convert::filters(r.filters))?;
+            Ok(pb::DescribeInstanceTypesResponse {
+                instance_types: types
+                    .into_iter()
+                    .map(|t| pb::InstanceTypeInfo {
+                        instance_type: t.name,
+                        family: t.family,
+                        vcpus: t.vcpus as i32,
+                        memory_mib: t.memory_mib as i64,
+                        instance_store_disks: t.instance_store_disks as i32,
+                        instance_store_gib: t.instance_store_gib as i64,
+                        network_mbps: t.network_mbps as i32,
+                        ebs_mbps: t.ebs_mbps as i32,
+                        burstable: t.burstable,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn register_image(
+        &self,
+        request: Request<pb::RegisterImageRequest>,
+    ) -> Result<Response<pb::ImageId>, Status> {
+        let r = request.into_inner();
+        let request = RegisterImageRequest {
+            name: r.name,
+            description: r.description,
+            architecture: r.architecture,
+            kernel_path: r.kernel_path,
+            initrd_path: r.initrd_path,
+            root_image_path: r.root_image_path,
+            root_device_name: r.root_device_name,
+            root_device_type: r.root_device_type,
+            command_line: r.command_line,
+            block_device_mappings: r.block_device_mappings.into_iter().map(convert::mapping_in).collect(),
+            dry_run: r.dry_run,
+        };
+        self.run(move |engine| engine.register_image(request).map(|image_id| pb::ImageId { image_id }))
+            .await
+    }
+
+    async fn describe_images(
+        &self,
+        request: Request<pb::DescribeImagesRequest>,
+    ) -> Result<Response<pb::DescribeImagesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let images = engine.describe_images(&r.image_ids, &convert::filters(r.filters))?;
+            Ok(pb::DescribeImagesResponse {
+                images: images.iter().map(convert::image).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn deregister_image(&self, request: Request<pb::ImageIdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.deregister_image(&r.image_id, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn create_image(&self, request: Request<pb::CreateImageRequest>) -> Result<Response<pb::ImageId>, Status> {
+        let r = request.into_inner();
+        let request = CreateImageRequest {
+            instance_id: r.instance_id,
+            name: r.name,
+            description: r.description,
+            no_reboot: r.no_reboot,
+            dry_run: r.dry_run,
+        };
+        self.run(move |engine| engine.create_image(request).map(|image_id| pb::ImageId { image_id }))
+            .await
+    }
+
+    async fn create_key_pair(
+        &self,
+        request: Request<pb::CreateKeyPairRequest>,
+    ) -> Result<Response<pb::KeyPair>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let created = engine.create_key_pair(&r.key_name, &r.key_type, r.dry_run)?;
+            Ok(pb::KeyPair {
+                key_name: created.key_pair.name,
+                key_pair_id: created.key_pair.id,
+                key_fingerprint: created.key_pair.fingerprint,
+                key_material: created.private_key,
+                key_type: created.key_pair.key_type,
+            })
+        })
+        .await
+    }
+
+    async fn import_key_pair(
+        &self,
+        request: Request<pb::ImportKeyPairRequest>,
+    ) -> Result<Response<pb::KeyPairInfo>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .import_key_pair(&r.key_name, &r.public_key_material, r.dry_run)
+                .map(|key| convert::key_pair_info(&key))
+        })
+        .await
+    }
+
+    async fn describe_key_pairs(
+        &self,
+        request: Request<pb::DescribeKeyPairsRequest>,
+    ) -> Result<Response<pb::DescribeKeyPairsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let keys = engine.describe_key_pairs(&r.key_names, &convert::filters(r.filters))?;
+            Ok(pb::DescribeKeyPairsResponse {
+                key_pairs: keys.iter().map(convert::key_pair_info).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_key_pair(&self, request: Request<pb::DeleteKeyPairRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.delete_key_pair(&r.key_name, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn create_tags(&self, request: Request<pb::CreateTagsRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let tags: Vec<(String, String)> = r.tags.into_iter().map(|tag| (tag.key, tag.value)).collect();
+        self.run(move |engine| {
+            engine
+                .create_tags(&r.resources, &tags, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn delete_tags(&self, request: Request<pb::DeleteTagsRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let tags: Vec<(String, Option<String>)> = r
+            .tags
+            .into_iter()
+            .map(|tag| (tag.key, (!tag.value.is_empty()).then_some(tag.value)))
+            .collect();
+        self.run(move |engine| {
+            engine
+                .delete_tags(&r.resources, &tags, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn describe_tags(
+        &self,
+        request: Request<pb::DescribeTagsRequest>,
+    ) -> Result<Response<pb::DescribeTagsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let (tags, next_token) =
+                engine.describe_tags(&convert::filters(r.filters), r.max_results, &r.next_token)?;
+            Ok(pb::DescribeTagsResponse {
+                tags: tags
+                    .into_iter()
+                    .map(|tag| pb::TagDescription {
+                        resource_id: tag.resource_id,
+                        resource_type: tag.resource_type,
+                        key: tag.key,
+                        value: tag.value,
+                    })
+                    .collect(),
+                next_token,
+            })
+        })
+        .await
+    }
+
+    async fn describe_regions(
+        &self,
+        _request: Request<pb::DescribeRegionsRequest>,
+    ) -> Result<Response<pb::DescribeRegionsResponse>, Status> {
+        self.run(move |engine| {
+            Ok(pb::DescribeRegionsResponse {
+                regions: engine
+                    .describe_regions()
+                    .into_iter()
+                    .map(|region| pb::Region {
+                        region_name: region.name,
+                        endpoint: region.endpoint,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn describe_availability_zones(
+        &self,
+        request: Request<pb::DescribeAvailabilityZonesRequest>,
+    ) -> Result<Response<pb::DescribeAvailabilityZonesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            Ok(pb::DescribeAvailabilityZonesResponse {
+                availability_zones: engine
+                    .describe_availability_zones(&r.zone_names)?
+                    .into_iter()
+                    .map(|zone| pb::AvailabilityZone {
+                        zone_name: zone.name,
+                        state: zone.state,
+                        region_name: zone.region,
+                        hosts: zone.hosts as i32,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,208 @@
+//! Conversions between `hearth_api::v1` messages and the engine's plain types.
+
+use hearth_api::v1 as pb;
+
+use crate::engine::{self, Reservation, StateChange};
+use crate::filter::Filter;
+use crate::model::{BlockDeviceMapping, EbsSpec, Image, Instance, InstanceBlockDevice, InstanceState, KeyPair, Tags};
+use crate::time::rfc3339;
+
+pub(crate) fn filters(filters: Vec<pb::Filter>) -> Vec<Filter> {
+    filters
+        .into_iter()
+        .map(|f| Filter {
+            name: f.name,
+            values: f.values,
+        })
+        .collect()
+}
+
+pub(crate) fn tags(tags: &Tags) -> Vec<pb::Tag> {
+    tags.iter()
+        .map(|(key, value)| pb::Tag {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+pub(crate) fn state(state: InstanceState) -> pb::InstanceState {
+    pb::InstanceState {
+        code: state.code(),
+        name: state.name().to_string(),
+    }
+}
+
+pub(crate) fn block_device(device: &InstanceBlockDevice) -> pb::InstanceBlockDeviceMapping {
+    pb::InstanceBlockDeviceMapping {
+        device_name: device.device_name.clone(),
+        volume_id: device.volume_id.clone(),
+        status: "attached".to_string(),
+        delete_on_termination: device.delete_on_termination,
+        attach_time: rfc3339(device.attach_time_ms),
+    }
+}
+
+pub(crate) fn instance(instance: &Instance) -> pb::Instance {
+    pb::Instance {
+        instance_id: instance.id.clone(),
+        image_id: instance.image_id.clone(),
+        instance_type: instance.instance_type.clone(),
+        state: Some(state(instance.state)),
+        state_reason: instance.state_reason.as_ref().map(|reason| pb::StateReason {
+            code: reason.code.clone(),
+            message: reason.message.clone(),
+        }),
+        state_transition_reason: instance.state_transition_reason.clone(),
+        launch_time: rfc3339(instance.launch_time_ms),
+        availability_zone: instance.availability_zone.clone(),
+        key_name: instance.key_name.clone(),
+        private_ip_address: String::new(),
+        public_ip_address: String::new(),
+        root_device_name: instance.root_device_name.clone(),
+        root_device_type: instance.root_device_type.clone(),
+        block_device_mappings: instance.block_devices.iter().map(block_device).collect(),
+        tags: tags(&instance.tags),
+        client_token: instance.client_token.clone(),
+        ami_launch_index: instance.launch_index as i32,
+        host_id: instance.host_id.clone(),
+        vcpus: instance.vcpus as i32,
+        memory_mib: instance.memory_mib as i64,
+    }
+}
+
+pub(crate) fn reservation(reservation: &Reservation) -> pb::Reservation {
+    pb::Reservation {
+        reservation_id: reservation.reservation_id.clone(),
+        owner_id: reservation.owner_id.clone(),
+        instances: reservation.instances.iter().map(|i| instance(i)).collect(),
+    }
+}
+
+pub(crate) fn changes(changes: Vec<StateChange>) -> pb::InstanceStateChanges {
+    pb::InstanceStateChanges {
+        changes: changes
+            .into_iter()
+            .map(|change| pb::InstanceStateChange {
+                instance_id: change.instance_id,
+                previous_state: Some(state(change.previous)),
+                current_state: Some(state(change.current)),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn mapping_in(mapping: pb::BlockDeviceMapping) -> BlockDeviceMapping {
+    BlockDeviceMapping {
+        device_name: mapping.device_name,
+        ebs: mapping.ebs.map(|ebs| EbsSpec {
+            delete_on_termination: ebs.delete_on_termination,
+            volume_size_gib: ebs.volume_size_gib.map(|size| size.max(0) as u64),
+            volume_type: ebs.volume_type,
+            iops: ebs.iops.map(|iops| iops.max(0) as u32),
+            throughput_mibps: ebs.throughput_mibps.map(|t| t.max(0) as u32),
+            snapshot_id: ebs.snapshot_id,
+            encrypted: ebs.encrypted,
+        }),
+        virtual_name: mapping.virtual_name,
+        no_device: mapping.no_device,
+    }
+}
+
+pub(crate) fn mapping_out(mapping: &BlockDeviceMapping) -> pb::BlockDeviceMapping {
+    pb::BlockDeviceMapping {
+        device_name: mapping.device_name.clone(),
+        ebs: mapping.ebs.as_ref().map(|ebs| pb::EbsBlockDevice {
+            delete_on_termination: ebs.delete_on_termination,
+            volume_size_gib: ebs.volume_size_gib.map(|size| size as i64),
+            volume_type: ebs.volume_type.clone(),
+            iops: ebs.iops.map(|iops| iops as i32),
+            throughput_mibps: ebs.throughput_mibps.map(|t| t as i32),
+            snapshot_id: ebs.snapshot_id.clone(),
+            encrypted: ebs.encrypted,
+        }),
+        virtual_name: mapping.virtual_name.clone(),
+        no_device: mapping.no_device,
+    }
+}
+
+pub(crate) fn image(image: &Image) -> pb::Image {
+    let mut mappings = vec![pb::BlockDeviceMapping {
+        device_name: image.root_device_name.clone(),
+        ebs: Some(pb::EbsBlockDevice {
+            delete_on_termination: Some(true),
+            volume_size_gib: Some(image.root_size_bytes.div_ceil(crate::model::GIB).max(1) as i64),
+            volume_type: "gp3".to_string(),
+            ..pb::EbsBlockDevice::default()
+        }),
+        ..pb::BlockDeviceMapping::default()
+    }];
+    mappings.extend(image.block_device_mappings.iter().map(mapping_out));
+    pb::Image {
+        image_id: image.id.clone(),
+        name: image.name.clone(),
+        description: image.description.clone(),
+        architecture: image.architecture.clone(),
+        state: image.state.as_str().to_string(),
+        creation_date: rfc3339(image.creation_ms),
+        root_device_name: image.root_device_name.clone(),
+        root_device_type: image.root_device_type.clone(),
+        command_line: image.command_line.clone(),
+        block_device_mappings: mappings,
+        root_size_bytes: image.root_size_bytes as i64,
+        tags: tags(&image.tags),
+    }
+}
+
+pub(crate) fn key_pair_info(key: &KeyPair) -> pb::KeyPairInfo {
+    pb::KeyPairInfo {
+        key_name: key.name.clone(),
+        key_pair_id: key.id.clone(),
+        key_fingerprint: key.fingerprint.clone(),
+        key_type: key.key_type.clone(),
+        public_key: key.public_key.clone(),
+        create_time: rfc3339(key.create_time_ms),
+    }
+}
+
+pub(crate) fn desired(instance: engine::DesiredInstance) -> pb::DesiredInstance {
+    pb::DesiredInstance {
+        instance_id: instance.instance_id,
+        run: instance.run.as_str().to_string(),
+        start_generation: instance.start_generation,
+        reboot_generation: instance.reboot_generation,
+        force_stop: instance.force_stop,
+        stop_timeout_ms: instance.stop_timeout_ms,
+        vcpus: instance.vcpus as i32,
+        memory_mib: instance.memory_mib as i64,
+        kernel_path: instance.kernel_path,
+        initrd_path: instance.initrd_path,
+        cmdline: instance.cmdline,
+        volumes: instance
+            .volumes
+            .into_iter()
+            .map(|volume| pb::DesiredVolume {
+                volume_id: volume.volume_id,
+                device_name: volume.device_name,
+                source_path: volume.source_path,
+                size_bytes: volume.size_bytes as i64,
+                read_only: volume.read_only,
+                delete_on_termination: volume.delete_on_termination,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn actual(actual: pb::ActualInstance) -> engine::ActualReport {
+    engine::ActualReport {
+        instance_id: actual.instance_id,
+        phase: actual.phase,
+        pid: actual.pid,
+        start_generation: actual.start_generation,
+        reboot_generation: actual.reboot_generation,
+        last_exit_reason: actual.last_exit_reason,
+        last_exit_detail: actual.last_exit_detail,
+        boot_count: actual.boot_count,
+        deleted_volumes: actual.deleted_volumes,
+    }
+}
