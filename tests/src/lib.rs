@@ -88,11 +88,18 @@ pub struct Cloud {
     pub mode: AgentMode,
     hearthd: Option<Child>,
     agent: Option<Child>,
+    /// Extra arguments for every hearthd start (e.g. `--config FILE`).
+    hearthd_args: Vec<String>,
 }
 
 impl Cloud {
     /// Starts hearthd (and the agent) and waits until the agent's host is registered.
     pub fn start(mode: AgentMode) -> Cloud {
+        Cloud::start_with_hearthd_args(mode, &[])
+    }
+
+    /// [`Cloud::start`], with `args` added to hearthd's command line (each time it starts).
+    pub fn start_with_hearthd_args(mode: AgentMode, args: &[&str]) -> Cloud {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("hearth-e2e-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -102,6 +109,7 @@ impl Cloud {
             mode,
             hearthd: None,
             agent: None,
+            hearthd_args: args.iter().map(|a| a.to_string()).collect(),
         };
         cloud.start_hearthd();
         if mode == AgentMode::Separate {
@@ -139,6 +147,7 @@ impl Cloud {
         if self.mode == AgentMode::InProcess {
             command.arg("--dev").arg("--vmm").arg(binary("hearth-vmm"));
         }
+        command.args(&self.hearthd_args);
         let child = command
             .stdin(Stdio::null())
             .stdout(self.log("hearthd.log"))

@@ -24,4 +24,4 @@ pub mod volume;
 pub use agent::{console_tail, phase, Agent, AgentConfig, HostSpec, CONFIG_FILE, CONSOLE_FILE, PID_FILE};
 pub use error::{error_chain, AgentError, LaunchError, VolumeError};
 pub use state::STATE_FILE;
-pub use sync::{channel, run_agent, sync_loop, WAIT_MS};
+pub use sync::{channel, channel_tls, run_agent, sync_loop, WAIT_MS};

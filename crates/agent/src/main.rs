@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth_agent::{error_chain, run_agent, AgentConfig, HostSpec};
+use hearth_agent::{channel_tls, error_chain, sync_loop, Agent, AgentConfig, HostSpec};
 
 const USAGE: &str = "\
 usage: hearth-agent --hearthd ENDPOINT --token-file FILE --az ZONE [options]
 
 Supervises one hearth-vmm per instance of this host, as hearthd desires.
 
-  --hearthd ENDPOINT     unix:/path/to/hearthd.sock or http://host:port
+  --hearthd ENDPOINT     unix:/path/to/hearthd.sock or https://host:port (hearthd's TLS listener)
+  --ca-cert FILE         with https: the PEM CA that signed hearthd's certificate (default: system roots)
   --token-file FILE      file holding the agent token (sent as a bearer token)
   --az ZONE              availability zone of this host
   --host-id ID           stable host ID (default: h-<hostname>)
@@ -25,12 +26,14 @@ SIGINT/SIGTERM end the agent; the VMs keep running and the next agent re-adopts 
 
 struct Flags {
     endpoint: String,
+    ca_cert: Option<PathBuf>,
     token: String,
     config: AgentConfig,
 }
 
 fn parse(args: &[String]) -> Result<Flags, String> {
     let mut endpoint = None;
+    let mut ca_cert = None;
     let mut token_file = None;
     let mut az = None;
     let mut host_id = None;
@@ -49,6 +52,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
         };
         match flag.as_str() {
             "--hearthd" => endpoint = Some(value()?),
+            "--ca-cert" => ca_cert = Some(PathBuf::from(value()?)),
             "--token-file" => token_file = Some(PathBuf::from(value()?)),
             "--az" => az = Some(value()?),
             "--host-id" => host_id = Some(value()?),
@@ -83,6 +87,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
     }
     Ok(Flags {
         endpoint,
+        ca_cert,
         token,
         config: AgentConfig {
             run_dir,
@@ -143,12 +148,21 @@ fn main() {
         "hearth-agent: host {} ({} vCPUs, {} MiB) syncing with {}",
         flags.config.host.host_id, flags.config.host.vcpus, flags.config.host.memory_mib, flags.endpoint
     );
-    let result = runtime.block_on(run_agent(
-        flags.config,
-        &flags.endpoint,
-        &flags.token,
-        shutdown_signal(),
-    ));
+    let ca_pem = match &flags.ca_cert {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("hearth-agent: cannot read --ca-cert {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
+    let result = runtime.block_on(async {
+        let agent = Agent::new(flags.config)?;
+        let channel = channel_tls(&flags.endpoint, ca_pem)?;
+        sync_loop(agent, channel, &flags.token, shutdown_signal()).await
+    });
     if let Err(e) = result {
         eprintln!("hearth-agent: {}", error_chain(&e));
         std::process::exit(1);

@@ -28,11 +28,26 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A channel to hearthd at `endpoint`: `unix:/path/to/hearthd.sock` (or `unix:///path`)
 /// or `http://host:port`. Connects lazily and reconnects by itself.
 pub fn channel(endpoint: &str) -> Result<Channel, AgentError> {
+    channel_tls(endpoint, None)
+}
+
+/// Like `channel`, and for `https://host:port` (hearthd's TCP listener is TLS only) trusts
+/// the PEM CA certificate `ca_pem`, or the system's roots when `None`.
+pub fn channel_tls(endpoint: &str, ca_pem: Option<Vec<u8>>) -> Result<Channel, AgentError> {
     let endpoint_error = |source| AgentError::Endpoint {
         endpoint: endpoint.to_string(),
         source,
     };
-    let parsed = Endpoint::from_shared(endpoint.to_string()).map_err(endpoint_error)?;
+    let mut parsed = Endpoint::from_shared(endpoint.to_string()).map_err(endpoint_error)?;
+    if endpoint.starts_with("https://") {
+        let tls = match ca_pem {
+            Some(pem) => {
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+        };
+        parsed = parsed.tls_config(tls).map_err(endpoint_error)?;
+    }
     Ok(parsed
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))

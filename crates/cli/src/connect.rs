@@ -11,6 +11,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::error::CliError;
 
+/// Largest answer accepted (DescribeInstances of many thousands of instances exceeds
+/// tonic's 4 MiB default).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// How long to try to reach hearthd before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,7 +131,7 @@ impl Session {
     pub async fn client(&mut self) -> Result<&mut ComputeClient<Channel>, CliError> {
         if self.client.is_none() {
             let channel = self.connect().await?;
-            self.client = Some(ComputeClient::new(channel));
+            self.client = Some(ComputeClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES));
         }
         Ok(self.client.as_mut().expect("client was just set"))
     }

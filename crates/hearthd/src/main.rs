@@ -14,9 +14,13 @@ hearthd: hearth's control daemon (EC2 API over gRPC, agents sync with it)
 usage: hearthd [options]
   --data-dir DIR            state, images, socket, token (default ~/.local/share/hearth)
   --listen unix:PATH        Unix socket, mode 0600 (default <data-dir>/hearthd.sock)
-  --listen-tcp ADDR         also serve on TCP, TLS only (needs --tls-cert and --tls-key)
+  --listen-tcp ADDR         also serve on TCP, TLS only (needs --tls-cert and --tls-key); Compute
+                            calls there need the API token (or a client certificate, see below)
   --tls-cert FILE           PEM certificate chain for --listen-tcp
   --tls-key FILE            PEM private key for --listen-tcp
+  --tls-client-ca FILE      PEM CA: a client certificate it signed replaces the API token on TCP
+  --api-token-file FILE     bearer token for Compute over TCP (default <data-dir>/api-token;
+                            created if missing)
   --agent-token-file FILE   agents' bearer token (default <data-dir>/agent-token; created if missing)
   --region NAME             region name (default homelab-1)
   --config FILE             JSON: {\"instance_types\": [...], \"availability_zones\": [...], \"stop_timeout_ms\": N,
@@ -51,7 +55,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut config = ServeConfig::new(default_data_dir());
     let mut dev = false;
     let mut vmm = None;
-    let (mut cert, mut key) = (None, None);
+    let (mut cert, mut key, mut client_ca) = (None, None, None);
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         if flag == "-h" || flag == "--help" {
@@ -76,6 +80,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--tls-cert" => cert = Some(PathBuf::from(value()?)),
             "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--tls-client-ca" => client_ca = Some(PathBuf::from(value()?)),
+            "--api-token-file" => config.api_token_file = Some(PathBuf::from(value()?)),
             "--agent-token-file" => config.agent_token_file = Some(PathBuf::from(value()?)),
             "--region" => config.region = value()?,
             "--config" => config.config_file = Some(PathBuf::from(value()?)),
@@ -87,7 +93,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         }
     }
     match (cert, key) {
-        (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
+        (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key, client_ca }),
+        (None, None) if client_ca.is_some() => return Err("--tls-client-ca needs --tls-cert and --tls-key".to_string()),
         (None, None) => {}
         _ => return Err("--tls-cert and --tls-key go together".to_string()),
     }
@@ -153,13 +160,17 @@ async fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "hearthd: region {region}, listening on unix:{}{}; agent token in {}",
+        "hearthd: region {region}, listening on unix:{}{}; agent token in {}{}",
         daemon.socket_path().display(),
         daemon
             .tcp_address()
             .map(|a| format!(" and tls://{a}"))
             .unwrap_or_default(),
-        token_path.display()
+        token_path.display(),
+        daemon
+            .api_token_path()
+            .map(|path| format!("; API token (Compute over TCP) in {}", path.display()))
+            .unwrap_or_default()
     );
     let (stop_agent, agent_stopped) = tokio::sync::watch::channel(false);
     let agent = dev_vmm.map(|vmm_binary| {

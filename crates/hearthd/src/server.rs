@@ -1,5 +1,10 @@
 //! Running hearthd: open the store, bind the Unix socket (and TLS TCP), serve Compute and
 //! AgentControl, purge old terminated instances, stop on the shutdown future.
+//!
+//! Who may call: on the Unix socket (mode 0600) the file permissions decide, so `Compute`
+//! asks for nothing more. On TCP (TLS only) every `Compute` call carries the API token, or
+//! comes over a connection with a client certificate signed by `--tls-client-ca`.
+//! `AgentControl` asks for the agent token on both listeners.
 
 use std::future::Future;
 use std::io::Write;
@@ -16,12 +21,12 @@ use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::engine::{Engine, EngineOptions};
 use crate::hostfiles::{LocalConsole, LocalVolumes};
 use crate::instance_types::InstanceType;
-use crate::service::{AgentService, AgentToken, ComputeService};
+use crate::service::{AgentService, AgentToken, ApiAuth, ComputeService};
 use crate::store::{SqliteStore, StoreError};
 
 /// How often terminated instances past their hour are purged.
@@ -34,6 +39,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificate(s): a client certificate they signed authenticates `Compute`
+    /// calls without the API token (`None`: the token only).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// What `hearthd` is started with.
@@ -49,6 +57,9 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Agent token file (default `<data dir>/agent-token`), created with a random token if missing.
     pub agent_token_file: Option<PathBuf>,
+    /// API token file for `Compute` over TCP (default `<data dir>/api-token`), created with a
+    /// random token if missing when `listen_tcp` is set.
+    pub api_token_file: Option<PathBuf>,
     /// Region name.
     pub region: String,
     /// JSON file extending the instance types and listing zones.
@@ -68,6 +79,7 @@ impl ServeConfig {
             listen_tcp: None,
             tls: None,
             agent_token_file: None,
+            api_token_file: None,
             region: "homelab-1".to_string(),
             config_file: None,
             agent_run_dir: None,
@@ -87,6 +99,13 @@ impl ServeConfig {
         self.agent_token_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("agent-token"))
+    }
+
+    /// The API token file path.
+    pub fn api_token_path(&self) -> PathBuf {
+        self.api_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("api-token"))
     }
 }
 
@@ -152,8 +171,8 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("serve gRPC")]
     Transport(#[source] tonic::transport::Error),
-    /// The agent token file is empty.
-    #[error("the agent token file {0} is empty")]
+    /// A token file (agent or API) is empty.
+    #[error("the token file {0} is empty")]
     EmptyToken(PathBuf),
 }
 
@@ -165,6 +184,12 @@ fn io(operation: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError
 /// Reads the agent token from `path`, creating the file (mode 0600) with a random token first
 /// when it does not exist.
 pub fn ensure_agent_token(path: &Path) -> Result<String, ServeError> {
+    ensure_token(path, "agent token")
+}
+
+/// Reads the token (`what`: "agent token", "API token") from `path`, creating the file
+/// (mode 0600) with a random 256-bit token first when it does not exist.
+pub fn ensure_token(path: &Path, what: &str) -> Result<String, ServeError> {
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -175,12 +200,12 @@ pub fn ensure_agent_token(path: &Path) -> Result<String, ServeError> {
             let token = crate::ids::random_hex(32);
             file.write_all(format!("{token}\n").as_bytes())
                 .and_then(|()| file.sync_all())
-                .map_err(io(format!("write the agent token {}", path.display())))?;
+                .map_err(io(format!("write the {what} {}", path.display())))?;
             Ok(token)
         }
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
             let token = std::fs::read_to_string(path)
-                .map_err(io(format!("read the agent token {}", path.display())))?
+                .map_err(io(format!("read the {what} {}", path.display())))?
                 .trim()
                 .to_string();
             if token.is_empty() {
@@ -188,7 +213,7 @@ pub fn ensure_agent_token(path: &Path) -> Result<String, ServeError> {
             }
             Ok(token)
         }
-        Err(error) => Err(io(format!("create the agent token {}", path.display()))(error)),
+        Err(error) => Err(io(format!("create the {what} {}", path.display()))(error)),
     }
 }
 
@@ -240,7 +265,16 @@ pub struct Hearthd {
     token: String,
     socket_path: PathBuf,
     unix: UnixListener,
-    tcp: Option<(TcpListener, ServerTlsConfig)>,
+    tcp: Option<Tcp>,
+}
+
+/// The TCP listener and what it asks of callers.
+struct Tcp {
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    api_token: String,
+    api_token_path: PathBuf,
+    client_certificates: bool,
 }
 
 impl Hearthd {
@@ -251,7 +285,15 @@ impl Hearthd {
             (Some(_), Some(files)) => {
                 let cert = std::fs::read(&files.cert).map_err(io(format!("read {}", files.cert.display())))?;
                 let key = std::fs::read(&files.key).map_err(io(format!("read {}", files.key.display())))?;
-                Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+                let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                Some(match &files.client_ca {
+                    // Optional: a caller without a certificate can still send the token.
+                    Some(path) => {
+                        let ca = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
+                        tls.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true)
+                    }
+                    None => tls,
+                })
             }
             (None, _) => None,
         };
@@ -269,10 +311,19 @@ impl Hearthd {
             .map_err(io(format!("chmod 0600 {}", socket_path.display())))?;
         let tcp = match (config.listen_tcp, tls) {
             (Some(address), Some(tls)) => {
+                let api_token_path = config.api_token_path();
+                let api_token = ensure_token(&api_token_path, "API token")?;
+                let client_certificates = config.tls.as_ref().is_some_and(|files| files.client_ca.is_some());
                 let listener = TcpListener::bind(address)
                     .await
                     .map_err(io(format!("bind {address}")))?;
-                Some((listener, tls))
+                Some(Tcp {
+                    listener,
+                    tls,
+                    api_token,
+                    api_token_path,
+                    client_certificates,
+                })
             }
             _ => None,
         };
@@ -302,7 +353,17 @@ impl Hearthd {
 
     /// The bound TCP address, if any.
     pub fn tcp_address(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+        self.tcp.as_ref().and_then(|tcp| tcp.listener.local_addr().ok())
+    }
+
+    /// The API token that `Compute` calls over TCP carry (`None` without TCP).
+    pub fn api_token(&self) -> Option<&str> {
+        self.tcp.as_ref().map(|tcp| tcp.api_token.as_str())
+    }
+
+    /// The API token file (`None` without TCP).
+    pub fn api_token_path(&self) -> Option<&Path> {
+        self.tcp.as_ref().map(|tcp| tcp.api_token_path.as_path())
     }
 
     /// Serves until `shutdown` completes; removes the socket file afterwards.
@@ -316,7 +377,8 @@ impl Hearthd {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let token = AgentToken::new(&self.token);
-        let compute = ComputeServer::new(ComputeService::new(Arc::clone(&self.engine)));
+        let compute_service = ComputeService::new(Arc::clone(&self.engine));
+        let compute = ComputeServer::new(compute_service.clone());
         let agents = AgentControlServer::new(AgentService::new(Arc::clone(&self.engine), token));
 
         let purge_engine = Arc::clone(&self.engine);
@@ -339,18 +401,22 @@ impl Hearthd {
             }
         });
 
+        // The socket's file permissions are its authentication: Compute asks for no token.
         let unix = Server::builder()
-            .add_service(compute.clone())
+            .add_service(compute)
             .add_service(agents.clone())
             .serve_with_incoming_shutdown(UnixListenerStream::new(self.unix), stopped(stop_rx.clone()));
         let result = match self.tcp {
-            Some((listener, tls)) => {
+            Some(tcp) => {
+                // Anyone who reaches the port can call: Compute needs the API token or a
+                // client certificate (AgentService checks the agent token itself).
+                let auth = ApiAuth::new(&tcp.api_token, tcp.client_certificates);
                 let tcp = Server::builder()
-                    .tls_config(tls)
+                    .tls_config(tcp.tls)
                     .map_err(ServeError::Transport)?
-                    .add_service(compute)
+                    .add_service(ComputeServer::with_interceptor(compute_service, auth))
                     .add_service(agents)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop_rx.clone()));
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(tcp.listener), stopped(stop_rx.clone()));
                 let (a, b) = tokio::join!(unix, tcp);
                 a.and(b)
             }

@@ -7,33 +7,26 @@ use hearth_api::v1 as pb;
 use hearth_api::v1::agent_control_server::AgentControl;
 use tonic::{Request, Response, Status};
 
+use super::auth::{BearerToken, TokenRefusal};
 use super::{convert, status_of};
 use crate::engine::{Engine, HostReport};
 
 /// The token agents must present as `authorization: Bearer <token>`.
 #[derive(Clone)]
-pub struct AgentToken(Arc<str>);
+pub struct AgentToken(BearerToken);
 
 impl AgentToken {
     /// A token (surrounding whitespace ignored).
     pub fn new(token: &str) -> AgentToken {
-        AgentToken(Arc::from(token.trim()))
+        AgentToken(BearerToken::new(token))
     }
 
     /// Checks a request's `authorization` header (constant time in the token's length).
     pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("agent token missing"))?;
-        let (a, b) = (presented.trim().as_bytes(), self.0.as_bytes());
-        let differ = a.len() != b.len() || a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0;
-        if self.0.is_empty() || differ {
-            return Err(Status::unauthenticated("agent token refused"));
-        }
-        Ok(())
+        self.0.check(request.metadata()).map_err(|refusal| match refusal {
+            TokenRefusal::Missing => Status::unauthenticated("agent token missing"),
+            TokenRefusal::Wrong => Status::unauthenticated("agent token refused"),
+        })
     }
 }
 

@@ -1,10 +1,12 @@
 //! The gRPC services: thin adapters from `hearth_api::v1` messages to the [`Engine`](crate::Engine).
 
 pub mod agent;
+pub mod auth;
 pub mod compute;
 mod convert;
 
 pub use agent::{AgentService, AgentToken};
+pub use auth::{ApiAuth, BearerToken};
 pub use compute::ComputeService;
 
 use hearth_api::v1 as pb;
