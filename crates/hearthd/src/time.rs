@@ -63,12 +63,31 @@ pub fn rfc3339(ms: i64) -> String {
     let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     let (year, month, day) = civil_from_days(days);
     let (secs, millis) = (rest / 1000, rest % 1000);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+    }
+    // Hot path (DescribeInstances formats one or two per instance): fixed-width digits
+    // written straight into a buffer, no `fmt` machinery.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, (secs / 3600) as u32);
+    put(14, 2, (secs / 60 % 60) as u32);
+    put(17, 2, (secs % 60) as u32);
+    put(20, 3, millis as u32);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `2024-05-01 12:34:56 GMT`, as EC2 writes times in state transition reasons.
@@ -88,5 +107,29 @@ mod tests {
         assert_eq!(rfc3339(1_714_566_896_789), "2024-05-01T12:34:56.789Z");
         assert_eq!(rfc3339(4_102_444_799_000), "2099-12-31T23:59:59.000Z");
         assert_eq!(gmt(1_714_566_896_789), "2024-05-01 12:34:56 GMT");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn fast_rfc3339_matches_fmt() {
+        let reference = |ms: i64| {
+            let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+            let (year, month, day) = civil_from_days(days);
+            let (secs, millis) = (rest / 1000, rest % 1000);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )
+        };
+        let mut ms = -70_000_000_000_000i64;
+        while ms < 260_000_000_000_000 {
+            assert_eq!(rfc3339(ms), reference(ms));
+            ms += 7_777_777_777;
+        }
+        for ms in [i64::from(i32::MIN), -1, 0, 1, 253_402_300_799_999, 253_402_300_800_000] {
+            assert_eq!(rfc3339(ms), reference(ms));
+        }
     }
 }

@@ -592,11 +592,19 @@ impl Engine {
             lookup_shared(state, ids)?
         };
         selected.retain(|instance| filter::matches(filters, &instance.tags, |name| instance_values(instance, name)));
-        selected.sort_by(|a, b| (a.launch_time_ms, &a.id).cmp(&(b.launch_time_ms, &b.id)));
+        // IDs are unique: an unstable sort gives the same order.
+        selected.sort_unstable_by(|a, b| a.launch_time_ms.cmp(&b.launch_time_ms).then_with(|| a.id.cmp(&b.id)));
         let (page, token) = filter::paginate(selected, max_results, next_token, |i| page_key(i))?;
         let mut reservations: Vec<Reservation> = Vec::new();
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();
         for instance in page {
+            // Instances of one launch are usually adjacent: try the last group before the map.
+            if let Some(last) = reservations.last_mut() {
+                if last.reservation_id == instance.reservation_id {
+                    last.instances.push(Arc::clone(instance));
+                    continue;
+                }
+            }
             let slot = *index.entry(&instance.reservation_id).or_insert_with(|| {
                 reservations.push(Reservation {
                     reservation_id: instance.reservation_id.clone(),
@@ -630,7 +638,8 @@ impl Engine {
         };
         selected.retain(|i| include_all || i.state == InstanceState::Running);
         selected.retain(|instance| filter::matches(filters, &instance.tags, |name| instance_values(instance, name)));
-        selected.sort_by(|a, b| (a.launch_time_ms, &a.id).cmp(&(b.launch_time_ms, &b.id)));
+        // IDs are unique: an unstable sort gives the same order.
+        selected.sort_unstable_by(|a, b| a.launch_time_ms.cmp(&b.launch_time_ms).then_with(|| a.id.cmp(&b.id)));
         let (page, token) = filter::paginate(selected, max_results, next_token, |i| page_key(i))?;
         let statuses = page
             .into_iter()

@@ -90,7 +90,7 @@ impl Compute for ComputeService {
                 &r.next_token,
             )?;
             Ok(pb::DescribeInstancesResponse {
-                reservations: reservations.iter().map(convert::reservation).collect(),
+                reservations: convert::reservations(&reservations),
                 next_token,
             })
         })

@@ -33,17 +33,41 @@ pub(crate) fn state(state: InstanceState) -> pb::InstanceState {
     }
 }
 
+/// RFC 3339 texts for one answer: the instances of one launch share their launch and
+/// attach times, so the last text is reused instead of formatted again.
+#[derive(Default)]
+pub(crate) struct Times {
+    last: Option<(i64, String)>,
+}
+
+impl Times {
+    fn rfc3339(&mut self, ms: i64) -> String {
+        match &self.last {
+            Some((at, text)) if *at == ms => text.clone(),
+            _ => {
+                let text = rfc3339(ms);
+                self.last = Some((ms, text.clone()));
+                text
+            }
+        }
+    }
+}
+
 pub(crate) fn block_device(device: &InstanceBlockDevice) -> pb::InstanceBlockDeviceMapping {
+    block_device_at(device, &mut Times::default())
+}
+
+fn block_device_at(device: &InstanceBlockDevice, times: &mut Times) -> pb::InstanceBlockDeviceMapping {
     pb::InstanceBlockDeviceMapping {
         device_name: device.device_name.clone(),
         volume_id: device.volume_id.clone(),
         status: "attached".to_string(),
         delete_on_termination: device.delete_on_termination,
-        attach_time: rfc3339(device.attach_time_ms),
+        attach_time: times.rfc3339(device.attach_time_ms),
     }
 }
 
-pub(crate) fn instance(instance: &Instance) -> pb::Instance {
+fn instance(instance: &Instance, times: &mut Times) -> pb::Instance {
     pb::Instance {
         instance_id: instance.id.clone(),
         image_id: instance.image_id.clone(),
@@ -54,14 +78,18 @@ pub(crate) fn instance(instance: &Instance) -> pb::Instance {
             message: reason.message.clone(),
         }),
         state_transition_reason: instance.state_transition_reason.clone(),
-        launch_time: rfc3339(instance.launch_time_ms),
+        launch_time: times.rfc3339(instance.launch_time_ms),
         availability_zone: instance.availability_zone.clone(),
         key_name: instance.key_name.clone(),
         private_ip_address: String::new(),
         public_ip_address: String::new(),
         root_device_name: instance.root_device_name.clone(),
         root_device_type: instance.root_device_type.clone(),
-        block_device_mappings: instance.block_devices.iter().map(block_device).collect(),
+        block_device_mappings: instance
+            .block_devices
+            .iter()
+            .map(|device| block_device_at(device, times))
+            .collect(),
         tags: tags(&instance.tags),
         client_token: instance.client_token.clone(),
         ami_launch_index: instance.launch_index as i32,
@@ -72,11 +100,66 @@ pub(crate) fn instance(instance: &Instance) -> pb::Instance {
 }
 
 pub(crate) fn reservation(reservation: &Reservation) -> pb::Reservation {
+    let mut times = Times::default();
     pb::Reservation {
         reservation_id: reservation.reservation_id.clone(),
         owner_id: reservation.owner_id.clone(),
-        instances: reservation.instances.iter().map(|i| instance(i)).collect(),
+        instances: reservation.instances.iter().map(|i| instance(i, &mut times)).collect(),
     }
+}
+
+/// Below this many instances an answer is converted on the calling thread.
+const PARALLEL_FROM: usize = 2048;
+
+/// The reservations of a Describe answer, in order. Large answers are converted on a few
+/// scoped threads (each a contiguous run of instances), then regrouped.
+pub(crate) fn reservations(reservations: &[Reservation]) -> Vec<pb::Reservation> {
+    let total: usize = reservations.iter().map(|r| r.instances.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(total / (PARALLEL_FROM / 2).max(1));
+    if total < PARALLEL_FROM || threads < 2 {
+        return reservations.iter().map(reservation).collect();
+    }
+    let all: Vec<&Instance> = reservations
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.as_ref()))
+        .collect();
+    let chunk = total.div_ceil(threads);
+    let converted: Vec<Vec<pb::Instance>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = all
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| scope.spawn(move || convert_run(part)))
+            .collect();
+        let mut parts = vec![convert_run(&all[..chunk.min(all.len())])];
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => parts.push(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        parts
+    });
+    let mut converted = converted.into_iter().flatten();
+    reservations
+        .iter()
+        .map(|r| {
+            let mut instances = Vec::with_capacity(r.instances.len());
+            instances.extend(converted.by_ref().take(r.instances.len()));
+            pb::Reservation {
+                reservation_id: r.reservation_id.clone(),
+                owner_id: r.owner_id.clone(),
+                instances,
+            }
+        })
+        .collect()
+}
+
+fn convert_run(part: &[&Instance]) -> Vec<pb::Instance> {
+    let mut times = Times::default();
+    part.iter().map(|i| instance(i, &mut times)).collect()
 }
 
 pub(crate) fn changes(changes: Vec<StateChange>) -> pb::InstanceStateChanges {
