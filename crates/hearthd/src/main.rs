@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hearth_agent::{run_agent, AgentConfig, HostSpec};
+use hearth_agent::{error_chain, run_agent, AgentConfig, HostSpec};
 use hearthd::server::{default_data_dir, TlsFiles};
 use hearthd::{Hearthd, ServeConfig};
 
@@ -32,17 +32,6 @@ usage: hearthd [options]
   --vmm PATH                with --dev: the hearth-vmm binary (default: next to hearthd)
   -h, --help                this text
 ";
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// What the command line asks for.
 struct Options {
@@ -194,7 +183,7 @@ async fn main() -> ExitCode {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
             if let Err(error) = run_agent(config, &endpoint, &token, shutdown).await {
-                eprintln!("hearthd: local agent: {}", hearth_agent::error_chain(&error));
+                eprintln!("hearthd: local agent: {}", error_chain(&error));
             }
         })
     });

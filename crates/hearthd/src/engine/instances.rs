@@ -175,6 +175,27 @@ fn user_initiated(now: i64) -> String {
 }
 
 /// Validates instance IDs and looks them all up (all or nothing).
+/// Applies `transition` to each instance of a validated batch: `Some(next)` is written,
+/// `None` leaves the instance as it is. Every instance's previous and current state is
+/// reported, as EC2's Start/Stop/TerminateInstances answers do.
+fn transition_all(
+    instances: Vec<&Instance>,
+    mut transition: impl FnMut(&Instance) -> Option<Instance>,
+) -> (Changes, Vec<StateChange>) {
+    let mut changes = Changes::default();
+    let mut result = Vec::with_capacity(instances.len());
+    for instance in instances {
+        let next = transition(instance);
+        result.push(StateChange {
+            instance_id: instance.id.clone(),
+            previous: instance.state,
+            current: next.as_ref().map_or(instance.state, |next| next.state),
+        });
+        changes.instances.extend(next);
+    }
+    (changes, result)
+}
+
 pub(crate) fn lookup<'a>(state: &'a State, ids: &[String]) -> Ec2Result<Vec<&'a Instance>> {
     for id in ids {
         IdKind::Instance.validate(id)?;
@@ -699,28 +720,21 @@ impl Engine {
             }
         }
         dry_run(dry)?;
-        let mut changes = Changes::default();
-        let mut result = Vec::new();
-        for instance in instances {
-            let mut next = instance.clone();
-            if instance.state == InstanceState::Stopped {
-                next.state = InstanceState::Pending;
-                next.desired = DesiredRun::Running;
-                next.start_generation += 1;
-                next.force_stop = false;
-                next.state_reason = Some(StateReason::new("pending", "pending"));
-                next.state_transition_reason = String::new();
-                next.launch_time_ms = now;
-                changes.instances.push(next.clone());
+        let (mut changes, result) = transition_all(instances, |instance| {
+            if instance.state != InstanceState::Stopped {
+                return None;
             }
-            result.push(StateChange {
-                instance_id: next.id.clone(),
-                previous: instance.state,
-                current: next.state,
-            });
-        }
-        let hosts: Vec<String> = changes.instances.iter().map(|i| i.host_id.clone()).collect();
-        state.bump_hosts(&mut changes, hosts.iter().map(String::as_str));
+            let mut next = instance.clone();
+            next.state = InstanceState::Pending;
+            next.desired = DesiredRun::Running;
+            next.start_generation += 1;
+            next.force_stop = false;
+            next.state_reason = Some(StateReason::new("pending", "pending"));
+            next.state_transition_reason = String::new();
+            next.launch_time_ms = now;
+            Some(next)
+        });
+        state.bump_changed_hosts(&mut changes);
         self.commit(&mut inner, changes)?;
         Ok(result)
     }
@@ -758,9 +772,7 @@ impl Engine {
             }
         }
         dry_run(dry)?;
-        let mut changes = Changes::default();
-        let mut result = Vec::new();
-        for instance in instances {
+        let (mut changes, result) = transition_all(instances, |instance| {
             let mut next = instance.clone();
             match instance.state {
                 InstanceState::Pending | InstanceState::Running => {
@@ -772,22 +784,13 @@ impl Engine {
                         "User initiated shutdown",
                     ));
                     next.state_transition_reason = user_initiated(now);
-                    changes.instances.push(next.clone());
                 }
-                InstanceState::Stopping if force && !instance.force_stop => {
-                    next.force_stop = true;
-                    changes.instances.push(next.clone());
-                }
-                _ => {}
+                InstanceState::Stopping if force && !instance.force_stop => next.force_stop = true,
+                _ => return None,
             }
-            result.push(StateChange {
-                instance_id: next.id.clone(),
-                previous: instance.state,
-                current: next.state,
-            });
-        }
-        let hosts: Vec<String> = changes.instances.iter().map(|i| i.host_id.clone()).collect();
-        state.bump_hosts(&mut changes, hosts.iter().map(String::as_str));
+            Some(next)
+        });
+        state.bump_changed_hosts(&mut changes);
         self.commit(&mut inner, changes)?;
         Ok(result)
     }
@@ -813,8 +816,7 @@ impl Engine {
             next.reboot_generation += 1;
             changes.instances.push(next);
         }
-        let hosts: Vec<String> = changes.instances.iter().map(|i| i.host_id.clone()).collect();
-        state.bump_hosts(&mut changes, hosts.iter().map(String::as_str));
+        state.bump_changed_hosts(&mut changes);
         self.commit(&mut inner, changes)
     }
 
@@ -836,28 +838,21 @@ impl Engine {
             }
         }
         dry_run(dry)?;
-        let mut changes = Changes::default();
-        let mut result = Vec::new();
-        for instance in instances {
-            let mut next = instance.clone();
-            if !matches!(instance.state, InstanceState::ShuttingDown | InstanceState::Terminated) {
-                next.state = InstanceState::ShuttingDown;
-                next.desired = DesiredRun::Terminated;
-                next.state_reason = Some(StateReason::new(
-                    "Client.UserInitiatedShutdown",
-                    "User initiated shutdown",
-                ));
-                next.state_transition_reason = user_initiated(now);
-                changes.instances.push(next.clone());
+        let (mut changes, result) = transition_all(instances, |instance| {
+            if matches!(instance.state, InstanceState::ShuttingDown | InstanceState::Terminated) {
+                return None;
             }
-            result.push(StateChange {
-                instance_id: next.id.clone(),
-                previous: instance.state,
-                current: next.state,
-            });
-        }
-        let hosts: Vec<String> = changes.instances.iter().map(|i| i.host_id.clone()).collect();
-        state.bump_hosts(&mut changes, hosts.iter().map(String::as_str));
+            let mut next = instance.clone();
+            next.state = InstanceState::ShuttingDown;
+            next.desired = DesiredRun::Terminated;
+            next.state_reason = Some(StateReason::new(
+                "Client.UserInitiatedShutdown",
+                "User initiated shutdown",
+            ));
+            next.state_transition_reason = user_initiated(now);
+            Some(next)
+        });
+        state.bump_changed_hosts(&mut changes);
         self.commit(&mut inner, changes)?;
         Ok(result)
     }

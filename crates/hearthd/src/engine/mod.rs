@@ -154,6 +154,12 @@ impl State {
     }
 
     /// Marks the desired state of `hosts` changed: they get the next revision.
+    /// Bumps every host that an instance written by `changes` lives on.
+    pub(crate) fn bump_changed_hosts(&self, changes: &mut Changes) {
+        let hosts: Vec<String> = changes.instances.iter().map(|i| i.host_id.clone()).collect();
+        self.bump_hosts(changes, hosts.iter().map(String::as_str));
+    }
+
     pub(crate) fn bump_hosts<'a>(&self, changes: &mut Changes, hosts: impl IntoIterator<Item = &'a str>) {
         let next = self.revision + 1;
         let hosts: BTreeSet<&str> = hosts.into_iter().collect();
