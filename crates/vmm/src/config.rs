@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hearth_devices::crypt::{KeyError, XtsCipher};
 use hearth_devices::rate_limiter::RateLimitConfig;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,21 @@ pub struct DiskConfig {
     /// I/O limits.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Encryption at rest: the file holds AES-256-XTS ciphertext, the guest sees plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+    /// Dirty-chunk bitmap file: loaded at start (then removed), written back at a clean
+    /// exit. Without it (or when it does not match the disk) every chunk starts dirty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_bitmap: Option<PathBuf>,
+}
+
+/// Encryption at rest of one disk (see `hearth_devices::crypt`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// File holding exactly 64 raw key bytes: the AES-256 data key, then the tweak key.
+    pub key_file: PathBuf,
 }
 
 /// One virtio-net NIC on a host tap device.
@@ -191,6 +207,34 @@ impl VmConfig {
                 }
             }
             check_limits(&format!("disks[{index}]"), disk.rate_limit.as_ref())?;
+            if let Some(encryption) = &disk.encryption {
+                match XtsCipher::from_key_file(&encryption.key_file) {
+                    Ok(_) => {}
+                    Err(e @ (KeyError::Read { .. } | KeyError::FileLength { .. })) => {
+                        return invalid(format!("disks[{index}].encryption: {e}"))
+                    }
+                    Err(e) => {
+                        return invalid(format!(
+                            "disks[{index}].encryption: key file {}: {e}",
+                            encryption.key_file.display()
+                        ))
+                    }
+                }
+            }
+            if let Some(bitmap) = &disk.dirty_bitmap {
+                check_bitmap_path(&format!("disks[{index}].dirty_bitmap"), bitmap)?;
+            }
+        }
+        let mut bitmaps = std::collections::HashSet::new();
+        for (index, disk) in self.disks.iter().enumerate() {
+            if let Some(bitmap) = &disk.dirty_bitmap {
+                if !bitmaps.insert(bitmap) {
+                    return invalid(format!(
+                        "disks[{index}].dirty_bitmap {} is used twice",
+                        bitmap.display()
+                    ));
+                }
+            }
         }
         let mut taps = std::collections::HashSet::new();
         for (index, nic) in self.nics.iter().enumerate() {
@@ -343,16 +387,22 @@ impl VmConfig {
 pub const USAGE: &str = "\
 usage: hearth-vmm [--config FILE.json] [flags]
        hearth-vmm ctl SOCKET info|power-button|shutdown [TIMEOUT_MS]|pause|resume|kill
+       hearth-vmm ctl SOCKET '{\"cmd\":\"snapshot-disk\",\"disk\":\"ID|INDEX\",\"out\":\"PATH\"}'
+       hearth-vmm ctl SOCKET '{\"cmd\":\"dirty-info\",\"disk\":\"ID|INDEX\"}'
   --kernel PATH            ELF vmlinux or bzImage (required unless in --config)
   --initrd PATH            initrd / initramfs
   --cmdline TEXT           kernel command line
   --vcpus N                1-32 (default 1)
   --memory MIB             guest RAM (default 128)
   --disk path=P[,ro][,id=ID][,iops=N][,iops_burst=N][,bps=N][,bps_burst=N]
+         [,key_file=KEY][,dirty_bitmap=FILE]
+                           KEY: 64 bytes, the disk is AES-256-XTS encrypted at rest;
+                           FILE: the dirty-chunk bitmap kept between runs
   --net tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,pps=N][,bps=N]
   --no-rng                 no virtio-rng device
   --console stdout|off|PATH
-  --control-socket PATH    Unix socket for info/power-button/pause/resume/kill
+  --control-socket PATH    Unix socket for info/power-button/pause/resume/kill,
+                           snapshot-disk/dirty-info
   --dump-acpi DIR          also write the ACPI tables to DIR (for iasl -d)
 exit status: 0 guest power-off, 1 configuration error, 2 VMM error,
              3 guest reboot, 4 guest crash, 5 killed";
@@ -366,6 +416,29 @@ fn check_file(what: &str, path: &Path) -> Result<(), ConfigError> {
         ))),
         Err(e) => Err(ConfigError::Invalid(format!("{what} {}: {e}", path.display()))),
     }
+}
+
+/// A bitmap file may be missing, but its directory must exist and the path must not be
+/// anything but a regular file.
+fn check_bitmap_path(what: &str, path: &Path) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(format!("{what} {}: {m}", path.display())));
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return invalid("not a file path".into());
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return invalid("is not a regular file".into()),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return invalid(e.to_string()),
+        Err(_) => {}
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return invalid("its directory does not exist".into());
+    }
+    Ok(())
 }
 
 fn check_limits(what: &str, limit: Option<&RateLimitConfig>) -> Result<(), ConfigError> {
@@ -396,12 +469,20 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         read_only: false,
         id: None,
         rate_limit: None,
+        encryption: None,
+        dirty_bitmap: None,
     };
     let mut limit = RateLimitConfig::default();
     for part in spec.split(',') {
         let (key, value) = part.split_once('=').unwrap_or((part, ""));
         match key {
             "path" => disk.path = PathBuf::from(value),
+            "key_file" => {
+                disk.encryption = Some(EncryptionConfig {
+                    key_file: PathBuf::from(value),
+                })
+            }
+            "dirty_bitmap" => disk.dirty_bitmap = Some(PathBuf::from(value)),
             "ro" | "read_only" => disk.read_only = true,
             "id" => disk.id = Some(value.to_string()),
             "iops" => limit.ops_per_sec = Some(parse_number(key, value)?),

@@ -1,13 +1,18 @@
 //! The control socket: a Unix stream socket speaking one JSON request per line and one
 //! JSON answer per line. Requests: `info`, `power-button`, `shutdown` (power button, then
-//! forced off after `timeout_ms`), `pause`, `resume`, `kill`. A bare word is accepted as
-//! `{"cmd": word}`.
+//! forced off after `timeout_ms`), `pause`, `resume`, `kill`, `snapshot-disk` (a
+//! point-in-time copy of a disk and its dirty chunks, resetting them) and `dirty-info` (the
+//! dirty chunks). A bare word is accepted as `{"cmd": word}`.
+//!
+//! Requests are answered on the event-loop thread, which also runs every block request
+//! (and the disk's own lock keeps out writes from anywhere else), so a `snapshot-disk` sees
+//! the disk quiesced.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +21,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vmm_sys_util::timerfd::TimerFd;
 
+use hearth_devices::dirty::{FreezeMode, CHUNK_BYTES};
+
 use crate::exit::ExitReason;
-use crate::vmm::{SocketPath, VmShared};
+use crate::vmm::{DiskSlot, SocketPath, VmShared};
 
 const LISTENER_TOKEN: u32 = 0;
 const TIMER_TOKEN: u32 = 1;
@@ -61,6 +68,16 @@ struct Request {
     cmd: String,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `snapshot-disk`, `dirty-info`: the disk's `id`, or its index in `disks` (a number or
+    /// a string of digits).
+    #[serde(default)]
+    disk: Option<Value>,
+    /// `snapshot-disk`: where the copy goes (an absolute path; replaced if it exists).
+    #[serde(default)]
+    out: Option<PathBuf>,
+    /// `snapshot-disk`: `auto` (reflink, else copy; the default) or `copy`.
+    #[serde(default)]
+    method: Option<String>,
 }
 
 struct Connection {
@@ -90,8 +107,16 @@ pub fn answer(shared: &VmShared, line: &str, shutdown: &mut dyn FnMut(u64) -> Re
         Request {
             cmd: line.to_string(),
             timeout_ms: None,
+            disk: None,
+            out: None,
+            method: None,
         }
     };
+    match request.cmd.as_str() {
+        "snapshot-disk" => return snapshot_disk(shared, &request),
+        "dirty-info" => return dirty_info(shared, &request),
+        _ => {}
+    }
     let vcpus = shared.vcpus.lock().unwrap_or_else(|e| e.into_inner());
     match request.cmd.as_str() {
         "info" => info(shared, vcpus.as_ref().is_some_and(|v| v.is_paused())),
@@ -127,8 +152,100 @@ pub fn answer(shared: &VmShared, line: &str, shutdown: &mut dyn FnMut(u64) -> Re
         }
         other => json!({
             "ok": false,
-            "error": format!("unknown command {other:?}; known: info, power-button, shutdown, pause, resume, kill")
+            "error": format!(
+                "unknown command {other:?}; known: info, power-button, shutdown, pause, resume, kill, \
+                 snapshot-disk, dirty-info"
+            )
         }),
+    }
+}
+
+fn error(message: impl Into<String>) -> Value {
+    json!({ "ok": false, "error": message.into() })
+}
+
+/// The disk a request names: by `id` first, then by index.
+fn find_disk<'a>(shared: &'a VmShared, request: &Request) -> Result<&'a DiskSlot, Value> {
+    let Some(wanted) = &request.disk else {
+        return Err(error(format!("{} needs \"disk\": a disk id or index", request.cmd)));
+    };
+    let by_id = |id: &str| shared.disks.iter().find(|d| d.id.as_deref() == Some(id));
+    let by_index = |index: u64| usize::try_from(index).ok().and_then(|i| shared.disks.get(i));
+    let found = match wanted {
+        Value::String(text) => by_id(text).or_else(|| text.parse::<u64>().ok().and_then(by_index)),
+        Value::Number(number) => number.as_u64().and_then(by_index),
+        _ => None,
+    };
+    found.ok_or_else(|| {
+        let known: Vec<String> = shared
+            .disks
+            .iter()
+            .map(|d| match &d.id {
+                Some(id) => format!("{} ({id})", d.index),
+                None => d.index.to_string(),
+            })
+            .collect();
+        error(format!(
+            "unknown disk {wanted}; disks: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+/// `snapshot-disk`: with the disk's I/O held, fdatasync, a point-in-time copy at `out`
+/// (reflink, else the dirty chunks into a sparse file), and a new snapshot point.
+fn snapshot_disk(shared: &VmShared, request: &Request) -> Value {
+    let disk = match find_disk(shared, request) {
+        Ok(disk) => disk,
+        Err(answer) => return answer,
+    };
+    let Some(out) = &request.out else {
+        return error("snapshot-disk needs \"out\": the path of the copy");
+    };
+    if !out.is_absolute() {
+        return error(format!("\"out\" must be an absolute path, got {}", out.display()));
+    }
+    let mode = match request.method.as_deref() {
+        None | Some("auto") => FreezeMode::Auto,
+        Some("copy") => FreezeMode::Copy,
+        Some(other) => return error(format!("unknown method {other:?}; known: auto, copy")),
+    };
+    // The transport lock too: no vCPU thread runs the device (a trapped queue notify) meanwhile.
+    let transport = shared
+        .slots
+        .get(disk.slot)
+        .map(|slot| slot.transport.lock().unwrap_or_else(|e| e.into_inner()));
+    let result = disk.handle.snapshot(out, mode);
+    drop(transport);
+    match result {
+        Ok(snapshot) => json!({
+            "ok": true,
+            "size": snapshot.size,
+            "chunk_bytes": CHUNK_BYTES,
+            "chunks": disk.handle.chunks(),
+            "dirty": snapshot.dirty,
+            "method": snapshot.method.name(),
+            "millis": snapshot.millis,
+        }),
+        Err(e) => error(format!("snapshot of disk {} to {}: {e}", disk.index, out.display())),
+    }
+}
+
+/// `dirty-info`: the chunks written since the last snapshot point.
+fn dirty_info(shared: &VmShared, request: &Request) -> Value {
+    match find_disk(shared, request) {
+        Ok(disk) => json!({
+            "ok": true,
+            "size": disk.handle.disk_bytes(),
+            "chunk_bytes": CHUNK_BYTES,
+            "chunks": disk.handle.chunks(),
+            "dirty": disk.handle.dirty_runs(),
+        }),
+        Err(answer) => answer,
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use hearth_devices::crypt::{KeyError, XtsCipher};
+use hearth_devices::virtio::block::{BlockHandle, BlockOptions};
 use hearth_devices::virtio::{self, Interrupt, VirtioDevice};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
@@ -66,6 +68,17 @@ pub enum BuildError {
         #[source]
         source: virtio::block::BlockError,
     },
+    /// A disk's encryption key could not be used.
+    #[error("disk {index}: encryption key {path}: {source}")]
+    DiskKey {
+        /// Position in `disks`.
+        index: usize,
+        /// Key file.
+        path: String,
+        /// Why.
+        #[source]
+        source: KeyError,
+    },
     /// A NIC's tap could not be opened.
     #[error("nic {index} (tap {tap}): {source}")]
     Net {
@@ -93,7 +106,7 @@ impl BuildError {
     pub fn is_config_error(&self) -> bool {
         matches!(
             self,
-            BuildError::Boot(_) | BuildError::Disk { .. } | BuildError::Net { .. }
+            BuildError::Boot(_) | BuildError::Disk { .. } | BuildError::DiskKey { .. } | BuildError::Net { .. }
         )
     }
 }
@@ -121,6 +134,18 @@ pub struct VirtioSlot {
     pub queue_events: Vec<EventFd>,
 }
 
+/// One disk as the control socket sees it.
+pub struct DiskSlot {
+    /// Position in `disks`.
+    pub index: usize,
+    /// Its virtio slot (the transport in `VmShared::slots`).
+    pub slot: usize,
+    /// The configured ID (`GET_ID`), if any.
+    pub id: Option<String>,
+    /// Dirty bitmap, snapshots, bitmap file.
+    pub handle: BlockHandle,
+}
+
 /// State the control socket and the event loop share.
 pub struct VmShared {
     /// VMM start time.
@@ -135,6 +160,8 @@ pub struct VmShared {
     pub boot_timer: Arc<BootTimer>,
     /// Virtio devices in slot order.
     pub slots: Vec<Arc<VirtioSlot>>,
+    /// The disks, in config order (their slots come first).
+    pub disks: Vec<DiskSlot>,
     /// vCPU threads, once started.
     pub vcpus: Mutex<Option<Vcpus>>,
 }
@@ -269,13 +296,38 @@ impl Vmm {
 
         // Virtio devices: disks, then NICs, then rng.
         let mut devices: Vec<(&'static str, String, Box<dyn VirtioDevice>)> = Vec::new();
+        let mut disks = Vec::new();
         for (index, disk) in config.disks.iter().enumerate() {
-            let block = virtio::block::Block::new(&disk.path, disk.read_only, disk.id.clone(), disk.rate_limit.clone())
-                .map_err(|source| BuildError::Disk {
-                    index,
-                    path: disk.path.display().to_string(),
-                    source,
-                })?;
+            let cipher = match &disk.encryption {
+                Some(encryption) => {
+                    Some(
+                        XtsCipher::from_key_file(&encryption.key_file).map_err(|source| BuildError::DiskKey {
+                            index,
+                            path: encryption.key_file.display().to_string(),
+                            source,
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            let options = BlockOptions {
+                read_only: disk.read_only,
+                id: disk.id.clone(),
+                rate_limit: disk.rate_limit.clone(),
+                cipher,
+                dirty_bitmap: disk.dirty_bitmap.clone(),
+            };
+            let block = virtio::block::Block::with_options(&disk.path, options).map_err(|source| BuildError::Disk {
+                index,
+                path: disk.path.display().to_string(),
+                source,
+            })?;
+            disks.push(DiskSlot {
+                index,
+                slot: devices.len(),
+                id: disk.id.clone(),
+                handle: block.handle(),
+            });
             let name = disk.id.clone().unwrap_or_else(|| disk.path.display().to_string());
             devices.push(("block", name, Box::new(block)));
         }
@@ -373,6 +425,7 @@ impl Vmm {
             power_button,
             boot_timer,
             slots,
+            disks,
             vcpus: Mutex::new(None),
         });
         Ok(Vmm {
@@ -387,8 +440,65 @@ impl Vmm {
         })
     }
 
-    /// Runs the VM until it ends and returns why.
+    /// Runs the VM until it ends and returns why. Disks' bitmap files are removed before
+    /// the guest runs and written back when the VM has ended (whatever the reason), so
+    /// only a VMM that dies abruptly leaves none.
     pub fn run(mut self) -> ExitReason {
+        let reason = match self.claim_bitmap_files() {
+            Ok(()) => self.run_loop(),
+            Err(reason) => reason,
+        };
+        self.finish_disks();
+        reason
+    }
+
+    /// Removes each disk's bitmap file (it was loaded when the disk was built), reporting
+    /// where each bitmap came from in a `dirty-bitmap` event.
+    fn claim_bitmap_files(&self) -> Result<(), ExitReason> {
+        for disk in &self.shared.disks {
+            let Some(file) = disk.handle.bitmap_file() else {
+                continue;
+            };
+            let start = disk.handle.dirty_start();
+            let detail = match start {
+                virtio::block::DirtyStart::Invalid(why) => why.as_str(),
+                _ => "",
+            };
+            events::emit(
+                "dirty-bitmap",
+                serde_json::json!({
+                    "disk": disk.index,
+                    "file": file.display().to_string(),
+                    "start": start.name(),
+                    "detail": detail,
+                    "chunks": disk.handle.chunks(),
+                    "dirty_chunks": disk.handle.dirty_chunks(),
+                }),
+            );
+            disk.handle.claim_bitmap_file().map_err(|e| {
+                ExitReason::VmmError(format!(
+                    "disk {}: remove dirty bitmap {}: {e}",
+                    disk.index,
+                    file.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stops the disks' writes and saves their bitmap files.
+    fn finish_disks(&self) {
+        for disk in &self.shared.disks {
+            if let Err(e) = disk.handle.finish() {
+                events::emit(
+                    "vmm-warning",
+                    serde_json::json!({ "error": format!("disk {}: save dirty bitmap: {e}", disk.index) }),
+                );
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> ExitReason {
         let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> = match EventManager::new() {
             Ok(manager) => manager,
             Err(e) => return ExitReason::VmmError(format!("event manager: {e:?}")),

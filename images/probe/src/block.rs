@@ -181,10 +181,10 @@ pub fn ro_check(disk: &mut Device) {
     say!("write status=", Status(status));
 }
 
-/// The `blk-seqwrite=<MiB>` op: writes `mib` MiB from sector 0 in large requests, then
-/// flushes. Each request has up to 16 data segments of 1 MiB, all pointing at the scratch
-/// area (when the guest has RAM there), else of 64 KiB pointing at `BULK`.
-pub fn seqwrite(disk: &mut Device, mib: u64, scratch: Option<u64>) {
+/// The `blk-seqwrite=<MiB>[@<MiB>]` op: writes `mib` MiB from MiB `start` in large
+/// requests, then flushes. Each request has up to 16 data segments of 1 MiB, all pointing at
+/// the scratch area (when the guest has RAM there), else of 64 KiB pointing at `BULK`.
+pub fn seqwrite(disk: &mut Device, mib: u64, start: u64, scratch: Option<u64>) {
     let seg_limit = match disk.seg_max {
         0 => MAX_SEGMENTS,
         n => n as usize,
@@ -198,7 +198,7 @@ pub fn seqwrite(disk: &mut Device, mib: u64, scratch: Option<u64>) {
     let segment_len = u64::from(segment.len);
     let segments = [segment; MAX_SEGMENTS];
     let mut remaining = mib.saturating_mul(1 << 20);
-    let mut sector = 0u64;
+    let mut sector = start.saturating_mul((1 << 20) / u64::from(SECTOR));
     let mut status = Some(0);
     while remaining > 0 && status == Some(0) {
         let count = usize::try_from(remaining.div_ceil(segment_len))
@@ -213,6 +213,46 @@ pub fn seqwrite(disk: &mut Device, mib: u64, scratch: Option<u64>) {
         status = request(disk, 0, T_FLUSH, 0, &[], WAIT_POLLS);
     }
     say!("seqwrite ", Dec(mib), " MiB status=", Status(status));
+}
+
+/// Size of one `blk-iops` read.
+const IOPS_READ: u32 = 4096;
+/// `blk-iops` prints a progress line after every this many reads.
+const IOPS_MARK_EVERY: u64 = 100;
+/// Where `blk-iops` reads land (not `BULK`, whose zeros bulk writes store).
+#[link_section = ".noclear"]
+static IOPS_BUF: Global<[u8; IOPS_READ as usize]> = Global::new([0; IOPS_READ as usize]);
+
+/// The `blk-iops=<N>` op: `n` 4 KiB reads, one after the other, each waiting for the
+/// previous one, at consecutive 4 KiB offsets from sector 0 (wrapping at the end of the
+/// disk). The marker lines around them (and one after every 100 reads) let the host time
+/// the run, or its steady state after an initial burst.
+pub fn iops(disk: &mut Device, n: u64) {
+    let per_read = u64::from(IOPS_READ / SECTOR);
+    let span = disk.capacity / per_read * per_read;
+    if span == 0 {
+        return say!("blk-iops failed disk smaller than 4 KiB");
+    }
+    let buf = Buf::writable(IOPS_BUF.addr(), IOPS_READ);
+    say!("blk-iops start");
+    let mut sector = 0u64;
+    let mut done = 0u64;
+    let mut status = Some(0);
+    while done < n {
+        status = request(disk, 0, T_IN, sector, &[buf], WAIT_POLLS);
+        if status != Some(0) {
+            break;
+        }
+        done += 1;
+        if done.is_multiple_of(IOPS_MARK_EVERY) && done < n {
+            say!("blk-iops at ", Dec(done));
+        }
+        sector += per_read;
+        if sector >= span {
+            sector = 0;
+        }
+    }
+    say!("blk-iops done ", Dec(done), " status=", Status(status));
 }
 
 /// The `blk-badreq` op: a read past the end of the disk, then a read into an address

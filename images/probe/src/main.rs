@@ -90,16 +90,29 @@ fn first(devices: &mut [Device], id: u32) -> Option<&mut Device> {
 
 /// Runs one op of `probe.ops=`; ops that end the VM do not return.
 fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
-    if let Some(size) = op.strip_prefix(b"blk-seqwrite=") {
-        match (cmdline::parse_u64(size), first(devices, ID_BLOCK)) {
-            (Some(mib), Some(disk)) => {
+    if let Some(arg) = op.strip_prefix(b"blk-seqwrite=") {
+        // `<MiB>` or `<MiB>@<start MiB>`.
+        let (size, start) = match cmdline::split_once(arg, b'@') {
+            Some((size, start)) => (cmdline::parse_u64(size), cmdline::parse_u64(start)),
+            None => (cmdline::parse_u64(arg), Some(0)),
+        };
+        match (size, start, first(devices, ID_BLOCK)) {
+            (Some(mib), Some(start), Some(disk)) => {
                 let scratch = boot
                     .is_ram(block::SCRATCH_ADDR, block::SCRATCH_LEN)
                     .then_some(block::SCRATCH_ADDR);
-                block::seqwrite(disk, mib, scratch)
+                block::seqwrite(disk, mib, start, scratch)
             }
+            (None, _, _) | (_, None, _) => say!("unknown op ", op),
+            (_, _, None) => say!("seqwrite failed no block device"),
+        }
+        return;
+    }
+    if let Some(count) = op.strip_prefix(b"blk-iops=") {
+        match (cmdline::parse_u64(count), first(devices, ID_BLOCK)) {
+            (Some(n), Some(disk)) => block::iops(disk, n),
             (None, _) => say!("unknown op ", op),
-            (_, None) => say!("seqwrite failed no block device"),
+            (_, None) => say!("blk-iops failed no block device"),
         }
         return;
     }
@@ -132,6 +145,11 @@ fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
                 (None, _) => say!("net-echo needs probe.ip"),
                 (_, None) => say!("net-echo failed no net device"),
             }
+        }
+        b"await-button" => {
+            say!("awaiting button");
+            while !io::power_button_pressed() {}
+            say!("button pressed");
         }
         b"wait" => loop {
             if io::power_button_pressed() {

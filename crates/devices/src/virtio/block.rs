@@ -5,11 +5,19 @@
 //! the last (device-writable) descriptor, data lengths are whole sectors, and the sector range
 //! must fit the disk. Anything else is answered with `VIRTIO_BLK_S_IOERR` (or, if no status
 //! byte can be written, the chain is returned with length 0) and counted in `errors`.
+//!
+//! Optionally the image is encrypted at rest ([`crate::crypt`], AES-256-XTS per 512-byte
+//! sector): reads are decrypted and writes encrypted through a bounce buffer, so the file
+//! only ever holds ciphertext. Every write marks its chunks in a [`DirtyBitmap`], which a
+//! [`BlockHandle`] reads, persists and resets for incremental snapshots.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use event_manager::EventSet;
 use virtio_bindings::virtio_blk::{
@@ -28,6 +36,8 @@ use super::{
     read_config_bytes, require_version_1, ActivateError, EventSource, QueueContext, VirtioDevice,
     INTERRUPT_USED_BUFFER, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
+use crate::crypt::XtsCipher;
+use crate::dirty::{self, CopyMethod, DirtyBitmap, FreezeMode, Loaded};
 use crate::rate_limiter::{RateLimitConfig, RateLimiter};
 use crate::GuestMemoryMmap;
 
@@ -52,6 +62,9 @@ const MAX_CHAIN_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 const CONFIG_LEN: usize = 24;
 const CONFIG_SEG_MAX_OFFSET: usize = 12;
 const CONFIG_BLK_SIZE_OFFSET: usize = 20;
+/// Size of the bounce buffer of encrypted disks: requests are processed in pieces of this
+/// (small in unit tests, so that their requests take several pieces).
+const BOUNCE_BYTES: usize = if cfg!(test) { 2 * SECTOR_SIZE as usize } else { 1 << 20 };
 
 /// Why a block device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +102,186 @@ pub enum BlockError {
         #[source]
         source: io::Error,
     },
+    /// Duplicating the image's descriptor for the [`BlockHandle`] failed.
+    #[error("duplicating the descriptor of disk image {}", path.display())]
+    Dup {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything about a block device but its image path.
+#[derive(Debug, Default)]
+pub struct BlockOptions {
+    /// Refuse writes (`VIRTIO_BLK_F_RO`); the image is opened read-only.
+    pub read_only: bool,
+    /// GET_ID answer, at most 20 bytes.
+    pub id: Option<String>,
+    /// I/O limits.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Encryption at rest: the image holds AES-256-XTS ciphertext.
+    pub cipher: Option<XtsCipher>,
+    /// Dirty-bitmap file: loaded when the device is created (see [`BlockHandle`]).
+    pub dirty_bitmap: Option<PathBuf>,
+}
+
+/// Where the dirty bitmap came from when the device was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirtyStart {
+    /// No bitmap file configured: every chunk starts dirty.
+    NoFile,
+    /// Loaded from the bitmap file.
+    Loaded,
+    /// The bitmap file did not exist: every chunk starts dirty.
+    Missing,
+    /// The bitmap file was unreadable, corrupt or for another disk size (why): every chunk
+    /// starts dirty.
+    Invalid(String),
+}
+
+impl DirtyStart {
+    /// `none`, `loaded`, `missing` or `invalid`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DirtyStart::NoFile => "none",
+            DirtyStart::Loaded => "loaded",
+            DirtyStart::Missing => "missing",
+            DirtyStart::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// The state a [`Block`] shares with its [`BlockHandle`]s.
+#[derive(Debug)]
+struct BlockShared {
+    /// The image (a duplicate descriptor: for fdatasync and copies).
+    file: File,
+    /// Image size in bytes when opened.
+    size: u64,
+    dirty: DirtyBitmap,
+    bitmap_file: Option<PathBuf>,
+    start: DirtyStart,
+    /// Held by every write and by snapshots, so a snapshot sees no write in progress.
+    io: Mutex<IoState>,
+}
+
+#[derive(Debug, Default)]
+struct IoState {
+    /// Set by [`BlockHandle::finish`]: the bitmap is saved, later writes fail.
+    finished: bool,
+}
+
+impl BlockShared {
+    fn lock(&self) -> MutexGuard<'_, IoState> {
+        self.io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The VMM's side of a block device: the dirty bitmap, point-in-time copies, and the
+/// bitmap file's life cycle. Cheap to clone; usable from any thread.
+///
+/// The bitmap file holds the chunks written since the last snapshot point, and is only
+/// true while no VMM runs the disk: [`BlockHandle::claim_bitmap_file`] removes it when the
+/// VM starts, [`BlockHandle::finish`] writes it back when the VMM ends cleanly. After a
+/// crash there is no file, and the next VMM starts with every chunk dirty.
+#[derive(Debug, Clone)]
+pub struct BlockHandle(Arc<BlockShared>);
+
+/// What [`BlockHandle::snapshot`] did.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Size of the image (and of the copy) in bytes.
+    pub size: u64,
+    /// The chunks written since the previous snapshot point, as `[first, count]` runs.
+    pub dirty: Vec<[u64; 2]>,
+    /// Reflink or copy of the dirty chunks.
+    pub method: CopyMethod,
+    /// How long the device was held, in milliseconds.
+    pub millis: u64,
+}
+
+impl BlockHandle {
+    /// Image size in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        self.0.size
+    }
+
+    /// The chunks written since the last snapshot point, as `[first_chunk, count]` runs.
+    pub fn dirty_runs(&self) -> Vec<[u64; 2]> {
+        let _io = self.0.lock();
+        self.0.dirty.runs()
+    }
+
+    /// Number of chunks of the disk.
+    pub fn chunks(&self) -> u64 {
+        self.0.dirty.chunks()
+    }
+
+    /// Number of dirty chunks.
+    pub fn dirty_chunks(&self) -> u64 {
+        self.0.dirty.dirty_chunks()
+    }
+
+    /// Where the bitmap came from.
+    pub fn dirty_start(&self) -> &DirtyStart {
+        &self.0.start
+    }
+
+    /// The configured bitmap file.
+    pub fn bitmap_file(&self) -> Option<&Path> {
+        self.0.bitmap_file.as_deref()
+    }
+
+    /// Removes the bitmap file (durably), so that a VMM that dies without
+    /// [`BlockHandle::finish`] leaves none: call it before the guest runs.
+    pub fn claim_bitmap_file(&self) -> io::Result<()> {
+        match &self.0.bitmap_file {
+            Some(path) => dirty::remove_durably(path),
+            None => Ok(()),
+        }
+    }
+
+    /// A point-in-time copy of the image at `out` (replaced if it exists), with no write
+    /// in progress or started meanwhile: fdatasync of the image, then [`dirty::freeze`]
+    /// (reflink, else the dirty chunks copied into a sparse file); on success the bitmap is
+    /// reset (a new snapshot point). The copy holds the file's bytes (ciphertext for an
+    /// encrypted disk).
+    pub fn snapshot(&self, out: &Path, mode: FreezeMode) -> io::Result<Snapshot> {
+        let started = Instant::now();
+        let io = self.0.lock();
+        if io.finished {
+            return Err(io::Error::other("the disk is closed: the VMM is exiting"));
+        }
+        self.0.file.sync_data()?;
+        let method = dirty::freeze(&self.0.file, self.0.size, &self.0.dirty, out, mode)?;
+        let dirty = self.0.dirty.runs();
+        self.0.dirty.clear();
+        drop(io);
+        Ok(Snapshot {
+            size: self.0.size,
+            dirty,
+            method,
+            millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Ends the device's writes: later OUT requests fail, and the bitmap is saved to the
+    /// bitmap file (if one is configured). Call it once the VM has stopped; the second call
+    /// does nothing.
+    pub fn finish(&self) -> io::Result<()> {
+        let mut io = self.0.lock();
+        if io.finished {
+            return Ok(());
+        }
+        io.finished = true;
+        match &self.0.bitmap_file {
+            Some(path) => self.0.dirty.save(path),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +317,10 @@ enum Parsed {
 pub struct Block {
     disk: File,
     read_only: bool,
+    /// Encryption at rest, with its bounce buffer.
+    cipher: Option<XtsCipher>,
+    bounce: Vec<u8>,
+    shared: Arc<BlockShared>,
     capacity_sectors: u64,
     id: [u8; ID_LEN],
     config: [u8; CONFIG_LEN],
@@ -151,6 +348,26 @@ impl Block {
         id: Option<String>,
         rate_limit: Option<RateLimitConfig>,
     ) -> Result<Block, BlockError> {
+        let options = BlockOptions {
+            read_only,
+            id,
+            rate_limit,
+            ..BlockOptions::default()
+        };
+        Block::with_options(path, options)
+    }
+
+    /// Opens `path` as [`Block::new`] does, with encryption and a dirty-bitmap file if
+    /// `options` ask for them. The bitmap is loaded from the file when it exists and matches
+    /// the image size; otherwise every chunk starts dirty.
+    pub fn with_options(path: impl AsRef<Path>, options: BlockOptions) -> Result<Block, BlockError> {
+        let BlockOptions {
+            read_only,
+            id,
+            rate_limit,
+            cipher,
+            dirty_bitmap,
+        } = options;
         let path = path.as_ref();
         let mut id_bytes = [0u8; ID_LEN];
         if let Some(id) = id {
@@ -177,6 +394,31 @@ impl Block {
             source,
         })?;
 
+        let (dirty, start) = match &dirty_bitmap {
+            None => (DirtyBitmap::all_dirty(size), DirtyStart::NoFile),
+            Some(file) => match DirtyBitmap::load(file, size) {
+                Loaded::File(bitmap) => (bitmap, DirtyStart::Loaded),
+                Loaded::Missing => (DirtyBitmap::all_dirty(size), DirtyStart::Missing),
+                Loaded::Invalid(why) => (DirtyBitmap::all_dirty(size), DirtyStart::Invalid(why)),
+            },
+        };
+        let shared = Arc::new(BlockShared {
+            file: disk.try_clone().map_err(|source| BlockError::Dup {
+                path: path.to_owned(),
+                source,
+            })?,
+            size,
+            dirty,
+            bitmap_file: dirty_bitmap,
+            start,
+            io: Mutex::new(IoState::default()),
+        });
+        let bounce = if cipher.is_some() {
+            vec![0u8; BOUNCE_BYTES]
+        } else {
+            Vec::new()
+        };
+
         let capacity_sectors = size / SECTOR_SIZE;
         let mut config = [0u8; CONFIG_LEN];
         config[..8].copy_from_slice(&capacity_sectors.to_le_bytes());
@@ -185,6 +427,9 @@ impl Block {
         Ok(Block {
             disk,
             read_only,
+            cipher,
+            bounce,
+            shared,
             capacity_sectors,
             id: id_bytes,
             config,
@@ -198,6 +443,12 @@ impl Block {
     /// Disk size in 512-byte sectors (the `capacity` config field).
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
+    }
+
+    /// The handle through which the VMM reads and resets the dirty bitmap and takes
+    /// snapshots.
+    pub fn handle(&self) -> BlockHandle {
+        BlockHandle(self.shared.clone())
     }
 
     /// Serves available requests until the queue is empty or the rate limiter refuses one
@@ -341,14 +592,27 @@ impl Block {
         let (readable_descriptors, writable_descriptors) = self.descriptors.split_at(readable);
         let (result, written) = match request_type {
             VIRTIO_BLK_T_IN => {
-                let mut disk = DiskAt {
-                    disk: &self.disk,
-                    offset,
+                let result = match &self.cipher {
+                    Some(cipher) => read_encrypted(
+                        mem,
+                        &self.disk,
+                        cipher,
+                        &mut self.bounce,
+                        writable_descriptors,
+                        offset,
+                        data_len,
+                    ),
+                    None => {
+                        let mut disk = DiskAt {
+                            disk: &self.disk,
+                            offset,
+                        };
+                        for_each_range(writable_descriptors, 0, data_len, |addr, len| {
+                            mem.read_exact_volatile_from(addr, &mut disk, len)
+                                .map_err(io::Error::other)
+                        })
+                    }
                 };
-                let result = for_each_range(writable_descriptors, 0, data_len, |addr, len| {
-                    mem.read_exact_volatile_from(addr, &mut disk, len)
-                        .map_err(io::Error::other)
-                });
                 if result.is_ok() {
                     self.counters.read_ops += 1;
                     self.counters.read_bytes += data_len;
@@ -357,14 +621,35 @@ impl Block {
             }
             VIRTIO_BLK_T_OUT if self.read_only => (Err(io::Error::from(io::ErrorKind::PermissionDenied)), 0),
             VIRTIO_BLK_T_OUT => {
-                let mut disk = DiskAt {
-                    disk: &self.disk,
-                    offset,
+                let io = self.shared.lock();
+                let result = if io.finished {
+                    Err(io::Error::other("disk closed"))
+                } else {
+                    // Marked first: a write that fails half way may still have changed the chunk.
+                    self.shared.dirty.mark(offset, data_len);
+                    match &self.cipher {
+                        Some(cipher) => write_encrypted(
+                            mem,
+                            &self.disk,
+                            cipher,
+                            &mut self.bounce,
+                            readable_descriptors,
+                            offset,
+                            data_len,
+                        ),
+                        None => {
+                            let mut disk = DiskAt {
+                                disk: &self.disk,
+                                offset,
+                            };
+                            for_each_range(readable_descriptors, REQUEST_HEADER_LEN, data_len, |addr, len| {
+                                mem.write_all_volatile_to(addr, &mut disk, len)
+                                    .map_err(io::Error::other)
+                            })
+                        }
+                    }
                 };
-                let result = for_each_range(readable_descriptors, REQUEST_HEADER_LEN, data_len, |addr, len| {
-                    mem.write_all_volatile_to(addr, &mut disk, len)
-                        .map_err(io::Error::other)
-                });
+                drop(io);
                 if result.is_ok() {
                     self.counters.write_ops += 1;
                     self.counters.write_bytes += data_len;
@@ -451,6 +736,63 @@ fn for_each_range(
         len -= piece;
     }
     Ok(())
+}
+
+/// IN on an encrypted disk: the file's bytes `offset..offset + len` are read into the bounce
+/// buffer piece by piece, decrypted, and copied into the device-writable `descriptors`.
+fn read_encrypted(
+    mem: &GuestMemoryMmap,
+    disk: &File,
+    cipher: &XtsCipher,
+    bounce: &mut [u8],
+    descriptors: &[Descriptor],
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        // `offset` and `len` are whole sectors, and so is the bounce buffer.
+        let piece = &mut bounce[..(len - done).min(BOUNCE_BYTES as u64) as usize];
+        disk.read_exact_at(piece, offset + done)?;
+        cipher.decrypt_sectors(piece, (offset + done) / SECTOR_SIZE);
+        copy_to_guest(mem, descriptors, done, piece)?;
+        done += piece.len() as u64;
+    }
+    Ok(())
+}
+
+/// OUT on an encrypted disk: the data (after the header in the device-readable
+/// `descriptors`) is copied into the bounce buffer piece by piece, encrypted there, and
+/// written at `offset`. Plaintext never reaches the file.
+fn write_encrypted(
+    mem: &GuestMemoryMmap,
+    disk: &File,
+    cipher: &XtsCipher,
+    bounce: &mut [u8],
+    descriptors: &[Descriptor],
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let piece = &mut bounce[..(len - done).min(BOUNCE_BYTES as u64) as usize];
+        copy_from_guest(mem, descriptors, REQUEST_HEADER_LEN + done, piece)?;
+        cipher.encrypt_sectors(piece, (offset + done) / SECTOR_SIZE);
+        disk.write_all_at(piece, offset + done)?;
+        done += piece.len() as u64;
+    }
+    Ok(())
+}
+
+/// Writes `buf` into `descriptors`, starting `skip` bytes into them.
+fn copy_to_guest(mem: &GuestMemoryMmap, descriptors: &[Descriptor], skip: u64, buf: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    for_each_range(descriptors, skip, buf.len() as u64, |addr, len| {
+        mem.write_slice(&buf[done..done + len], addr)
+            .map_err(io::Error::other)?;
+        done += len;
+        Ok(())
+    })
 }
 
 /// Reads `buf.len()` bytes starting `skip` bytes into `descriptors`.
@@ -602,6 +944,7 @@ impl VirtioDevice for Block {
             "write_bytes": c.write_bytes,
             "errors": c.errors,
             "throttled_events": c.throttled_events,
+            "dirty_chunks": self.shared.dirty.dirty_chunks(),
         })
     }
 }
@@ -1059,5 +1402,167 @@ mod tests {
         h.timer_event();
         assert_eq!(h.driver.used_idx(), 2);
         assert_eq!(h.driver.used(1).1, 1);
+    }
+
+    fn key() -> [u8; 64] {
+        std::array::from_fn(|i| (i as u8).wrapping_mul(7).wrapping_add(1))
+    }
+
+    #[test]
+    fn encrypted_disk_holds_ciphertext_and_reads_plaintext() {
+        let mem = guest_memory();
+        let file = TempFile::with_contents(&[0u8; 8 * SECTOR_SIZE as usize]);
+        let cipher = XtsCipher::new(&key()).unwrap();
+        // The image starts as the encryption of its plaintext (zeros, sector 7 = 0x77).
+        let mut image = vec![0u8; 8 * SECTOR_SIZE as usize];
+        image[7 * 512..].fill(0x77);
+        cipher.encrypt_sectors(&mut image, 0);
+        std::fs::write(file.path(), &image).unwrap();
+        let options = BlockOptions {
+            cipher: Some(cipher.clone()),
+            ..BlockOptions::default()
+        };
+        let mut h = Harness::new(&mem, Block::with_options(file.path(), options).unwrap());
+
+        // Five sectors over uneven descriptors: three bounce-buffer pieces.
+        let pattern: Vec<u8> = (0..2560u32).map(|i| (i * 13 % 253) as u8 + 1).collect();
+        mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 1);
+        let out = [
+            (HEADER, 16, false),
+            (DATA, 300, false),
+            (DATA + 300, 1700, false),
+            (DATA + 2000, 560, false),
+            (STATUS, 1, true),
+        ];
+        assert_eq!(h.request(&out), (1, OK));
+        let on_disk = std::fs::read(file.path()).unwrap();
+        let written = &on_disk[512..3072];
+        assert_ne!(written, &pattern[..]);
+        assert!(
+            written.windows(16).all(|w| !pattern.windows(16).any(|p| p == w)),
+            "no 16 plaintext bytes on disk"
+        );
+        let mut plain = on_disk.clone();
+        cipher.decrypt_sectors(&mut plain, 0);
+        assert_eq!(&plain[512..3072], &pattern[..]);
+        assert_eq!(&plain[..512], &[0u8; 512]);
+        assert_eq!(&plain[7 * 512..], &[0x77u8; 512]);
+
+        // Read sectors 0..8 back in uneven pieces: the guest sees plaintext.
+        let back = 0x4_0000;
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let read = [
+            (HEADER, 16, false),
+            (back, 100, true),
+            (back + 100, 3996, true),
+            (STATUS, 1, true),
+        ];
+        assert_eq!(h.request(&read), (4096 + 1, OK));
+        let mut got = vec![0u8; 4096];
+        mem.read_slice(&mut got, GuestAddress(back)).unwrap();
+        assert_eq!(got, plain);
+        assert_eq!(h.counter("errors"), 0);
+    }
+
+    #[test]
+    fn writes_mark_dirty_chunks_and_snapshots_reset_them() {
+        use crate::dirty::CHUNK_BYTES;
+        let mem = guest_memory();
+        let dir = std::env::temp_dir().join(format!("hearth-blk-dirty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        let size = 4 * CHUNK_BYTES + 4096;
+        std::fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let bitmap_file = dir.join("disk.dirty");
+        let options = |bitmap: &Path| BlockOptions {
+            dirty_bitmap: Some(bitmap.to_owned()),
+            ..BlockOptions::default()
+        };
+
+        let block = Block::with_options(&image, options(&bitmap_file)).unwrap();
+        let handle = block.handle();
+        assert_eq!(handle.dirty_start(), &DirtyStart::Missing);
+        assert_eq!(handle.dirty_runs(), vec![[0, 5]], "unknown history: all dirty");
+        assert_eq!(handle.chunks(), 5);
+        let mut h = Harness::new(&mem, block);
+        let first = handle.snapshot(&dir.join("full.img"), FreezeMode::Copy).unwrap();
+        assert_eq!(first.dirty, vec![[0, 5]]);
+        assert_eq!(first.size, size);
+        assert!(handle.dirty_runs().is_empty());
+
+        // A write straddling chunks 1 and 2, one in the partial last chunk, reads (ignored).
+        mem.write_slice(&[9u8; 1024], GuestAddress(DATA)).unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 2 * (CHUNK_BYTES / SECTOR_SIZE) - 1);
+        assert_eq!(
+            h.request(&[(HEADER, 16, false), (DATA, 1024, false), (STATUS, 1, true)])
+                .1,
+            OK
+        );
+        h.header(VIRTIO_BLK_T_OUT, 4 * (CHUNK_BYTES / SECTOR_SIZE) + 7);
+        assert_eq!(
+            h.request(&[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)])
+                .1,
+            OK
+        );
+        h.header(VIRTIO_BLK_T_IN, 0);
+        assert_eq!(
+            h.request(&[(HEADER, 16, false), (DATA, 512, true), (STATUS, 1, true)])
+                .1,
+            OK
+        );
+        assert_eq!(handle.dirty_runs(), vec![[1, 2], [4, 1]]);
+        assert_eq!(h.counter("dirty_chunks"), 3);
+
+        let frozen = dir.join("frozen.img");
+        let snap = handle.snapshot(&frozen, FreezeMode::Copy).unwrap();
+        assert_eq!(snap.dirty, vec![[1, 2], [4, 1]]);
+        assert_eq!(snap.method, CopyMethod::Copy);
+        let bytes = std::fs::read(&frozen).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        let at = (2 * CHUNK_BYTES - 512) as usize;
+        assert_eq!(&bytes[at..at + 1024], &[9u8; 1024]);
+        assert!(handle.dirty_runs().is_empty(), "a new snapshot point");
+
+        // Saved at finish; later writes fail; the next device loads it.
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        assert_eq!(
+            h.request(&[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)])
+                .1,
+            OK
+        );
+        handle.claim_bitmap_file().unwrap();
+        handle.finish().unwrap();
+        handle.finish().unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 512);
+        assert_eq!(
+            h.request(&[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)])
+                .1,
+            IOERR
+        );
+        assert!(handle.snapshot(&dir.join("late.img"), FreezeMode::Copy).is_err());
+        let next = Block::with_options(&image, options(&bitmap_file)).unwrap().handle();
+        assert_eq!(next.dirty_start(), &DirtyStart::Loaded);
+        assert_eq!(next.dirty_runs(), vec![[0, 1]]);
+        next.claim_bitmap_file().unwrap();
+        assert!(!bitmap_file.exists(), "claimed: a crash from here on leaves no file");
+
+        // A grown disk does not match the saved bitmap: all dirty.
+        next.finish().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_len(size + CHUNK_BYTES)
+            .unwrap();
+        let grown = Block::with_options(&image, options(&bitmap_file)).unwrap().handle();
+        assert!(
+            matches!(grown.dirty_start(), DirtyStart::Invalid(_)),
+            "{:?}",
+            grown.dirty_start()
+        );
+        assert_eq!(grown.dirty_runs(), vec![[0, 6]]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
