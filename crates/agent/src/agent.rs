@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hearth_api::v1::{ActualInstance, DesiredInstance, DesiredVolume, HostInfo};
+use hearth_api::v1::{ActualInstance, DesiredInstance, DesiredVolume, EphemeralDisk, HostInfo, InstanceMetadata};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -29,6 +29,10 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const CONSOLE_FILE: &str = "console.log";
 /// Pid of the running VMM (removed once its end is recorded).
 pub const PID_FILE: &str = "pid";
+/// The instance's NoCloud metadata disk in its run directory (rewritten at every start).
+pub const METADATA_DISK_FILE: &str = "cidata.img";
+/// The metadata disk's virtio-blk serial (`GET_ID`).
+pub const METADATA_DISK_ID: &str = "cidata";
 /// Held (flock) by the agent that owns the run directory.
 const LOCK_FILE: &str = ".agent.lock";
 
@@ -643,6 +647,59 @@ struct DiskConfigFile {
     path: PathBuf,
     read_only: bool,
     id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<EncryptionFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dirty_bitmap: Option<PathBuf>,
+}
+
+/// hearth-vmm's `RateLimitConfig`.
+#[derive(Debug, Serialize)]
+struct RateLimitFile {
+    ops_per_sec: u64,
+    ops_burst: u64,
+    bytes_per_sec: u64,
+    bytes_burst: u64,
+}
+
+/// hearth-vmm's disk encryption: the key file (64 bytes, mode 0600, in the run directory).
+#[derive(Debug, Serialize)]
+struct EncryptionFile {
+    key_file: PathBuf,
+}
+
+/// Prefix of instance-store disk files in the run directory (`ephemeral0.img`, …).
+pub const EPHEMERAL_PREFIX: &str = "ephemeral";
+/// Suffix of volume key files in the run directory.
+pub const KEY_SUFFIX: &str = ".key";
+
+/// Removes the instance-store disks and key files of a run directory (at stop: the
+/// instance store is wiped, keys never stay on disk longer than the VMM runs).
+pub fn wipe_stopped(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if (name.starts_with(EPHEMERAL_PREFIX) && name.ends_with(".img")) || name.ends_with(KEY_SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Everything one start needs, done on a blocking thread (a volume clone may be long).
@@ -651,6 +708,10 @@ struct LaunchPlan {
     vmm_binary: PathBuf,
     volume_dir: PathBuf,
     volumes: Vec<DesiredVolume>,
+    metadata: Option<InstanceMetadata>,
+    ephemeral_disks: Vec<EphemeralDisk>,
+    /// A new start (instance-store disks are created empty) rather than a reboot.
+    fresh_start: bool,
     config: VmmConfigFile,
     state: InstanceState,
 }
@@ -661,6 +722,7 @@ impl LaunchPlan {
         dir: PathBuf,
         wanted: &DesiredInstance,
         state: InstanceState,
+        fresh_start: bool,
     ) -> Result<Self, LaunchError> {
         let vcpus = u8::try_from(wanted.vcpus)
             .ok()
@@ -678,6 +740,9 @@ impl LaunchPlan {
             vmm_binary: config.vmm_binary.clone(),
             volume_dir: config.volume_dir.clone(),
             volumes: wanted.volumes.clone(),
+            metadata: wanted.metadata.clone(),
+            ephemeral_disks: wanted.ephemeral_disks.clone(),
+            fresh_start,
             config: VmmConfigFile {
                 vcpus,
                 memory_mib,
@@ -709,10 +774,74 @@ impl LaunchPlan {
                 volume_id: volume.volume_id.clone(),
                 source,
             })?;
+            let encryption = if volume.encryption_key.is_empty() {
+                None
+            } else {
+                let key_file = self.dir.join(format!("{}{KEY_SUFFIX}", volume.volume_id));
+                write_private(&key_file, &volume.encryption_key).map_err(write_error(&key_file))?;
+                Some(EncryptionFile { key_file })
+            };
+            let rate_limit = volume
+                .limits
+                .as_ref()
+                .filter(|l| l.ops_per_sec > 0 || l.bytes_per_sec > 0)
+                .map(|l| RateLimitFile {
+                    ops_per_sec: l.ops_per_sec,
+                    ops_burst: l.ops_burst,
+                    bytes_per_sec: l.bytes_per_sec,
+                    bytes_burst: l.bytes_burst,
+                });
             self.config.disks.push(DiskConfigFile {
+                dirty_bitmap: Some(crate::volume::dirty_bitmap_path(&self.volume_dir, &volume.volume_id)),
                 path,
                 read_only: volume.read_only,
                 id: disk_id(&volume.volume_id),
+                rate_limit,
+                encryption,
+            });
+        }
+        for (index, disk) in self.ephemeral_disks.iter().enumerate() {
+            let path = self.dir.join(format!("{EPHEMERAL_PREFIX}{index}.img"));
+            let size = u64::try_from(disk.size_bytes).unwrap_or(0);
+            if self.fresh_start || !path.exists() {
+                let _ = std::fs::remove_file(&path);
+                let file = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(write_error(&path))?;
+                file.set_len(size).map_err(write_error(&path))?;
+            }
+            self.config.disks.push(DiskConfigFile {
+                path,
+                read_only: false,
+                id: format!("{EPHEMERAL_PREFIX}{index}"),
+                rate_limit: None,
+                encryption: None,
+                dirty_bitmap: None,
+            });
+        }
+        if let Some(metadata) = &self.metadata {
+            let path = self.dir.join(METADATA_DISK_FILE);
+            let seed = hearth_image::cidata::Seed {
+                instance_id: metadata.instance_id.clone(),
+                hostname: metadata.hostname.clone(),
+                public_keys: metadata.public_keys.clone(),
+                user_data: metadata.user_data.clone(),
+                network_config: (!metadata.network_config.is_empty()).then(|| metadata.network_config.clone()),
+                vendor_data: None,
+            };
+            hearth_image::cidata::write_disk(&seed, &path).map_err(|e| LaunchError::Metadata {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            self.config.disks.push(DiskConfigFile {
+                path,
+                read_only: true,
+                id: METADATA_DISK_ID.to_string(),
+                rate_limit: None,
+                encryption: None,
+                dirty_bitmap: None,
             });
         }
         let config_path = self.dir.join(CONFIG_FILE);
@@ -844,7 +973,7 @@ impl Context {
                 next.start_generation, next.boot_count
             ),
         );
-        match LaunchPlan::new(&self.config, instance.dir.clone(), wanted, next.clone()) {
+        match LaunchPlan::new(&self.config, instance.dir.clone(), wanted, next.clone(), !restart) {
             Ok(plan) => {
                 instance.vmm = Some(self.supervise(VmmSource::Launch(Box::new(plan)), Some(next), restart));
             }
@@ -987,6 +1116,10 @@ impl Context {
                     instance.state.restart_pending = false;
                     instance.save(id);
                 }
+                if let Err(e) = wipe_stopped(&instance.dir) {
+                    log(id, format_args!("cannot wipe the instance store: {e}; will retry"));
+                    return;
+                }
                 if purpose == StopPurpose::Terminate {
                     self.terminate(id, instance, wanted);
                 }
@@ -1006,6 +1139,10 @@ impl Context {
                     continue;
                 }
             };
+            let _ = std::fs::remove_file(crate::volume::dirty_bitmap_path(
+                &self.config.volume_dir,
+                &volume.volume_id,
+            ));
             match std::fs::remove_file(&path) {
                 Ok(()) => deleted.push(volume.volume_id.clone()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => deleted.push(volume.volume_id.clone()),

@@ -131,6 +131,14 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    /// The metadata disk could not be written.
+    #[error("cannot write the metadata disk {path}: {message}")]
+    Metadata {
+        /// The disk file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// The VMM process could not be started.
     #[error("cannot start {binary}")]
     Spawn {

@@ -35,6 +35,12 @@ pub fn volume_path(volume_dir: &Path, volume_id: &str) -> Result<PathBuf, Volume
     Ok(volume_dir.join(format!("{volume_id}.img")))
 }
 
+/// `volume_dir/<volume-id>.dirty`: hearth-vmm's dirty-chunk bitmap of the volume (kept
+/// across VMM runs; see docs/vmm.md).
+pub fn dirty_bitmap_path(volume_dir: &Path, volume_id: &str) -> PathBuf {
+    volume_dir.join(format!("{volume_id}.dirty"))
+}
+
 /// The device ID a volume shows the guest (`VIRTIO_BLK_T_GET_ID`, at most 20 bytes):
 /// the volume ID without its hyphen, `vol-0123…` → `vol0123…`.
 pub fn disk_id(volume_id: &str) -> String {
@@ -46,6 +52,17 @@ pub fn disk_id(volume_id: &str) -> String {
 pub fn ensure_volume(volume_dir: &Path, volume: &DesiredVolume) -> Result<PathBuf, VolumeError> {
     let path = volume_path(volume_dir, &volume.volume_id)?;
     if std::fs::symlink_metadata(&path).is_ok() {
+        // ModifyVolume may have grown it since: grow the file (sparse), never shrink.
+        let size = u64::try_from(volume.size_bytes).unwrap_or(0);
+        let grow = |source| VolumeError::Grow {
+            path: path.clone(),
+            size,
+            source,
+        };
+        let file = OpenOptions::new().write(true).open(&path).map_err(grow)?;
+        if size > file.metadata().map_err(grow)?.len() {
+            file.set_len(size).map_err(grow)?;
+        }
         return Ok(path);
     }
     let tmp = volume_dir.join(format!(".{}.img.tmp", volume.volume_id));

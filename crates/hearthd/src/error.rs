@@ -94,6 +94,30 @@ pub enum Ec2Error {
     /// A volume ID that is not a volume ID.
     #[error("Invalid id: \"{0}\" (expecting \"vol-...\")")]
     VolumeIdMalformed(String),
+    /// The volume is attached (DeleteVolume, AttachVolume).
+    #[error("{0}")]
+    VolumeInUse(String),
+    /// The volume's (or snapshot's) state does not allow the call.
+    #[error("{0}")]
+    ResourceIncorrectState(String),
+    /// No such attachment (DetachVolume).
+    #[error("{0}")]
+    AttachmentNotFound(String),
+    /// The volume and the instance are in different availability zones.
+    #[error("{0}")]
+    VolumeZoneMismatch(String),
+    /// A snapshot that does not exist.
+    #[error("The snapshot '{0}' does not exist.")]
+    SnapshotNotFound(String),
+    /// A snapshot ID that is not a snapshot ID.
+    #[error("Invalid id: \"{0}\" (expecting \"snap-...\")")]
+    SnapshotIdMalformed(String),
+    /// A snapshot an image still uses.
+    #[error("{0}")]
+    SnapshotInUse(String),
+    /// An image manifest that cannot be imported (bad format, missing file, checksum).
+    #[error("{0}")]
+    InvalidManifest(String),
     /// A resource ID of no known kind.
     #[error("The ID '{0}' is not valid")]
     InvalidId(String),
@@ -144,6 +168,14 @@ impl Ec2Error {
             Ec2Error::VolumeNotFound(_) => "InvalidVolume.NotFound",
             Ec2Error::VolumeIdMalformed(_) => "InvalidVolumeID.Malformed",
             Ec2Error::InvalidId(_) => "InvalidID",
+            Ec2Error::VolumeInUse(_) => "VolumeInUse",
+            Ec2Error::ResourceIncorrectState(_) => "IncorrectState",
+            Ec2Error::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
+            Ec2Error::VolumeZoneMismatch(_) => "InvalidVolume.ZoneMismatch",
+            Ec2Error::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
+            Ec2Error::SnapshotIdMalformed(_) => "InvalidSnapshotID.Malformed",
+            Ec2Error::SnapshotInUse(_) => "InvalidSnapshot.InUse",
+            Ec2Error::InvalidManifest(_) => "InvalidManifest",
             Ec2Error::InvalidBlockDeviceMapping(_) => "InvalidBlockDeviceMapping",
             Ec2Error::UnsupportedOperation(_) => "UnsupportedOperation",
             Ec2Error::TagLimitExceeded(_) => "TagLimitExceeded",
@@ -157,7 +189,9 @@ impl Ec2Error {
             Ec2Error::InstanceNotFound(_)
             | Ec2Error::ImageNotFound(_)
             | Ec2Error::KeyPairNotFound(_)
-            | Ec2Error::VolumeNotFound(_) => StatusClass::NotFound,
+            | Ec2Error::VolumeNotFound(_)
+            | Ec2Error::AttachmentNotFound(_)
+            | Ec2Error::SnapshotNotFound(_) => StatusClass::NotFound,
             Ec2Error::InstanceIdMalformed(_)
             | Ec2Error::InvalidParameterValue(_)
             | Ec2Error::InvalidParameterCombination(_)
@@ -167,7 +201,13 @@ impl Ec2Error {
             | Ec2Error::VolumeIdMalformed(_)
             | Ec2Error::InvalidId(_)
             | Ec2Error::InvalidBlockDeviceMapping(_)
+            | Ec2Error::SnapshotIdMalformed(_)
+            | Ec2Error::VolumeZoneMismatch(_)
+            | Ec2Error::InvalidManifest(_)
             | Ec2Error::TagLimitExceeded(_) => StatusClass::InvalidArgument,
+            Ec2Error::VolumeInUse(_) | Ec2Error::ResourceIncorrectState(_) | Ec2Error::SnapshotInUse(_) => {
+                StatusClass::FailedPrecondition
+            }
             Ec2Error::IncorrectInstanceState { .. } | Ec2Error::IncorrectState(_) | Ec2Error::DryRunOperation => {
                 StatusClass::FailedPrecondition
             }

@@ -34,22 +34,45 @@ impl ConsoleSource for LocalConsole {
     }
 }
 
-/// Where a volume's file is.
+/// Where a volume's files are, and how to reach the VMM that runs it.
 pub trait VolumeFiles: Send + Sync {
     /// The path of `volume_id`'s file on `host_id`, readable from hearthd.
     fn volume_path(&self, host_id: &str, volume_id: &str) -> PathBuf;
+    /// The VMM's dirty-chunk bitmap file of `volume_id` (next to the volume file).
+    fn dirty_bitmap_path(&self, host_id: &str, volume_id: &str) -> PathBuf;
+    /// The control socket of `instance_id`'s VMM on `host_id`.
+    fn control_socket(&self, host_id: &str, instance_id: &str) -> PathBuf;
+    /// Whether hearthd can reach `host_id`'s files (the agent runs on hearthd's host).
+    fn reaches(&self, host_id: &str) -> bool;
 }
 
-/// Volume files in an agent volume directory on this host: `<dir>/<vol-id>.img`.
+/// Files of an agent on this host: volumes in `<dir>/<vol-id>.img` (bitmaps in
+/// `<dir>/<vol-id>.dirty`), VMM sockets in `<run dir>/<instance-id>/vmm.sock`.
 #[derive(Debug, Clone)]
 pub struct LocalVolumes {
     /// The agent's volume directory.
     pub dir: PathBuf,
+    /// The agent's run directory.
+    pub run_dir: PathBuf,
+    /// The hosts whose agent runs here (empty = every host).
+    pub hosts: Vec<String>,
 }
 
 impl VolumeFiles for LocalVolumes {
     fn volume_path(&self, _host_id: &str, volume_id: &str) -> PathBuf {
         self.dir.join(format!("{volume_id}.img"))
+    }
+
+    fn dirty_bitmap_path(&self, _host_id: &str, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.dirty"))
+    }
+
+    fn control_socket(&self, _host_id: &str, instance_id: &str) -> PathBuf {
+        self.run_dir.join(instance_id).join("vmm.sock")
+    }
+
+    fn reaches(&self, host_id: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host_id)
     }
 }
 

@@ -17,6 +17,8 @@ pub enum IdKind {
     Image,
     /// `key-`: a key pair.
     KeyPair,
+    /// `snap-`: a snapshot.
+    Snapshot,
 }
 
 /// Hex digits in a generated ID.
@@ -31,6 +33,7 @@ impl IdKind {
             IdKind::Volume => "vol-",
             IdKind::Image => "ami-",
             IdKind::KeyPair => "key-",
+            IdKind::Snapshot => "snap-",
         }
     }
 
@@ -42,6 +45,7 @@ impl IdKind {
             IdKind::Volume => "volume",
             IdKind::Image => "image",
             IdKind::KeyPair => "key-pair",
+            IdKind::Snapshot => "snapshot",
         }
     }
 
@@ -53,6 +57,7 @@ impl IdKind {
             IdKind::Volume,
             IdKind::Image,
             IdKind::KeyPair,
+            IdKind::Snapshot,
         ]
         .into_iter()
         .find(|kind| id.starts_with(kind.prefix()))
@@ -91,6 +96,7 @@ impl IdKind {
             IdKind::Instance => Ec2Error::InstanceIdMalformed(id.to_string()),
             IdKind::Image => Ec2Error::ImageIdMalformed(id.to_string()),
             IdKind::Volume => Ec2Error::VolumeIdMalformed(id.to_string()),
+            IdKind::Snapshot => Ec2Error::SnapshotIdMalformed(id.to_string()),
             IdKind::Reservation | IdKind::KeyPair => Ec2Error::InvalidId(id.to_string()),
         })
     }

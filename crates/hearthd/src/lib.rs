@@ -11,6 +11,7 @@ pub mod hostfiles;
 pub mod ids;
 pub mod instance_types;
 pub mod keypairs;
+pub mod kms;
 pub mod model;
 pub mod scheduler;
 pub mod server;
@@ -19,6 +20,7 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod volume_types;
 
 pub use engine::{Engine, EngineOptions};
 pub use error::{Ec2Error, StatusClass};

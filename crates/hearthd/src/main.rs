@@ -27,6 +27,9 @@ usage: hearthd [options]
                             \"cpu_allocation_ratio\": 16, \"ram_allocation_ratio\": 1.5}
   --agent-run-dir DIR       a local agent's run dir, for console output (default <data-dir>/agent/run)
   --agent-volume-dir DIR    a local agent's volume dir, for CreateImage (default <data-dir>/agent/volumes)
+  --image-store LOCATION    image store: a directory or s3://bucket/prefix?endpoint=http://host:port
+                            (default <data-dir>/images)
+  --snapshot-store LOCATION snapshot store, likewise (default <data-dir>/snapshots)
   --dev                     also run a local agent in this process (one command for a
                             single host: run dir and volumes under <data-dir>/agent)
   --vmm PATH                with --dev: the hearth-vmm binary (default: next to hearthd)
@@ -76,6 +79,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--config" => config.config_file = Some(PathBuf::from(value()?)),
             "--agent-run-dir" => config.agent_run_dir = Some(PathBuf::from(value()?)),
             "--agent-volume-dir" => config.agent_volume_dir = Some(PathBuf::from(value()?)),
+            "--image-store" => config.image_store = Some(value()?),
+            "--snapshot-store" => config.snapshot_store = Some(value()?),
             "--dev" => dev = true,
             "--vmm" => vmm = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),

@@ -195,6 +195,9 @@ pub struct Instance {
     pub terminated_at_ms: Option<i64>,
     /// Key pair name.
     pub key_name: String,
+    /// The key pair's public key at launch (kept if the key pair is deleted, as in EC2).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
     /// User data (raw bytes).
     pub user_data: Vec<u8>,
     /// Tags.
@@ -233,21 +236,30 @@ pub struct Instance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VolumeState {
+    /// Being created (restored from a snapshot).
+    Creating,
     /// Not attached.
     Available,
     /// Attached to an instance.
     InUse,
-    /// Deleted (with the instance).
+    /// Being deleted.
+    Deleting,
+    /// Deleted.
     Deleted,
+    /// Creation failed (see `status_message`).
+    Error,
 }
 
 impl VolumeState {
     /// The EC2 name.
     pub fn as_str(self) -> &'static str {
         match self {
+            VolumeState::Creating => "creating",
             VolumeState::Available => "available",
             VolumeState::InUse => "in-use",
+            VolumeState::Deleting => "deleting",
             VolumeState::Deleted => "deleted",
+            VolumeState::Error => "error",
         }
     }
 }
@@ -284,10 +296,115 @@ pub struct Volume {
     pub attachment: Option<VolumeAttachment>,
     /// File to clone when the volume file does not exist yet ("" for a blank volume).
     pub source_path: String,
-    /// Whether encryption was asked for.
+    /// Whether the file holds AES-XTS ciphertext.
     pub encrypted: bool,
     /// Created at (Unix ms).
     pub create_time_ms: i64,
+    /// Tags.
+    pub tags: Tags,
+    /// Throughput limit (gp3), MiB/s.
+    #[serde(default)]
+    pub throughput_mibps: Option<u32>,
+    /// The snapshot it was created from ("" = none).
+    #[serde(default)]
+    pub snapshot_id: String,
+    /// The encryption key's id in hearthd's key directory ("" = not encrypted).
+    #[serde(default)]
+    pub kms_key_id: String,
+    /// Why it is in `error`.
+    #[serde(default)]
+    pub status_message: String,
+    /// The last ModifyVolume.
+    #[serde(default)]
+    pub modification: Option<VolumeModification>,
+    /// The completed snapshot the VMM's dirty-chunk bitmap is relative to: chunks it does
+    /// not mark are as in this snapshot. None = unknown (the next snapshot reads every chunk).
+    #[serde(default)]
+    pub dirty_base: Option<String>,
+    /// When the attachment was made (Unix ms).
+    #[serde(default)]
+    pub attach_time_ms: i64,
+}
+
+/// A ModifyVolume request and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeModification {
+    /// modifying, optimizing, completed, failed.
+    pub state: String,
+    /// Free text.
+    pub status_message: String,
+    /// Size before, GiB.
+    pub original_size_gib: u64,
+    /// Type before.
+    pub original_volume_type: String,
+    /// IOPS before.
+    pub original_iops: Option<u32>,
+    /// Throughput before.
+    pub original_throughput_mibps: Option<u32>,
+    /// Size asked for.
+    pub target_size_gib: u64,
+    /// Type asked for.
+    pub target_volume_type: String,
+    /// IOPS asked for.
+    pub target_iops: Option<u32>,
+    /// Throughput asked for.
+    pub target_throughput_mibps: Option<u32>,
+    /// Started (Unix ms).
+    pub start_time_ms: i64,
+    /// Completed (Unix ms).
+    pub end_time_ms: Option<i64>,
+}
+
+/// A snapshot's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotState {
+    /// Being taken.
+    Pending,
+    /// Usable.
+    Completed,
+    /// Failed (see `state_message`).
+    Error,
+}
+
+impl SnapshotState {
+    /// The EC2 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Completed => "completed",
+            SnapshotState::Error => "error",
+        }
+    }
+}
+
+/// An EBS snapshot: its chunks and manifest live in the snapshot store; this is the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// `snap-…`.
+    pub id: String,
+    /// The volume it was taken from.
+    pub volume_id: String,
+    /// State.
+    pub state: SnapshotState,
+    /// Why it is in `error`.
+    pub state_message: String,
+    /// Started (Unix ms).
+    pub start_time_ms: i64,
+    /// Size of the volume, GiB.
+    pub volume_size_gib: u64,
+    /// Size of the volume, bytes.
+    pub volume_size_bytes: u64,
+    /// Free text.
+    pub description: String,
+    /// Whether its chunks are ciphertext.
+    pub encrypted: bool,
+    /// The encryption key ("" = none).
+    pub kms_key_id: String,
+    /// Bytes this snapshot added to the store.
+    pub stored_bytes: u64,
+    /// Non-zero bytes of the volume it captures.
+    pub full_size_bytes: u64,
     /// Tags.
     pub tags: Tags,
 }
@@ -395,6 +512,18 @@ pub struct Image {
     pub source_instance_id: Option<String>,
     /// Tags.
     pub tags: Tags,
+    /// The manifest it was imported from (RegisterImage ImageLocation).
+    #[serde(default)]
+    pub image_location: String,
+    /// SHA-256 of its manifest in the image store.
+    #[serde(default)]
+    pub manifest_digest: String,
+    /// SHA-256 of each of its files in the image store (kernel, initrd, root).
+    #[serde(default)]
+    pub blob_digests: Vec<String>,
+    /// EBS-backed images: the root device's snapshot.
+    #[serde(default)]
+    pub root_snapshot_id: String,
 }
 
 /// A key pair (the public half).

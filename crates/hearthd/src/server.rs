@@ -68,6 +68,11 @@ pub struct ServeConfig {
     pub agent_run_dir: Option<PathBuf>,
     /// A local agent's volume directory, for CreateImage (default `<data dir>/agent/volumes`).
     pub agent_volume_dir: Option<PathBuf>,
+    /// The image store: a directory or `s3://bucket/prefix?endpoint=http://…` (default
+    /// `<data dir>/images`).
+    pub image_store: Option<String>,
+    /// The snapshot store, likewise (default `<data dir>/snapshots`); never the image store's.
+    pub snapshot_store: Option<String>,
 }
 
 impl ServeConfig {
@@ -84,6 +89,8 @@ impl ServeConfig {
             config_file: None,
             agent_run_dir: None,
             agent_volume_dir: None,
+            image_store: None,
+            snapshot_store: None,
         }
     }
 
@@ -162,6 +169,9 @@ pub enum ServeError {
     /// The state store could not be opened.
     #[error("open the state store")]
     Store(#[from] StoreError),
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Settings(String),
     /// Another hearthd answers on the socket.
     #[error("another hearthd is listening on {0}")]
     AlreadyRunning(PathBuf),
@@ -233,8 +243,18 @@ pub fn open_engine(config: &ServeConfig) -> Result<Engine, ServeError> {
     if let Some(dir) = &config.agent_run_dir {
         options.console = Arc::new(LocalConsole { run_dir: dir.clone() });
     }
-    if let Some(dir) = &config.agent_volume_dir {
-        options.volume_files = Arc::new(LocalVolumes { dir: dir.clone() });
+    if config.agent_volume_dir.is_some() || config.agent_run_dir.is_some() {
+        options.volume_files = Arc::new(LocalVolumes {
+            dir: config
+                .agent_volume_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("agent/volumes")),
+            run_dir: config
+                .agent_run_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("agent/run")),
+            hosts: Vec::new(),
+        });
     }
     if let Some(path) = &config.config_file {
         let text = std::fs::read_to_string(path).map_err(io(format!("read the config file {}", path.display())))?;
@@ -254,7 +274,19 @@ pub fn open_engine(config: &ServeConfig) -> Result<Engine, ServeError> {
             options.ram_allocation_ratio = ratio;
         }
     }
-    std::fs::create_dir_all(&options.image_dir).map_err(io(format!("create {}", options.image_dir.display())))?;
+    if let Some(location) = &config.image_store {
+        options.image_store_location = location.clone();
+    }
+    if let Some(location) = &config.snapshot_store {
+        options.snapshot_store_location = location.clone();
+    }
+    if options.image_store_location == options.snapshot_store_location {
+        return Err(ServeError::Settings(
+            "the image store and the snapshot store must be different locations".to_string(),
+        ));
+    }
+    std::fs::create_dir_all(&options.image_cache_dir)
+        .map_err(io(format!("create {}", options.image_cache_dir.display())))?;
     let store = SqliteStore::open(&data_dir.join("state.db"))?;
     Ok(Engine::open(Box::new(store), options)?)
 }
@@ -307,6 +339,11 @@ impl Hearthd {
             std::fs::remove_file(&socket_path).map_err(io(format!("remove the stale {}", socket_path.display())))?;
         }
         let unix = UnixListener::bind(&socket_path).map_err(io(format!("bind {}", socket_path.display())))?;
+        // Only now that this hearthd owns the data directory: snapshots a killed hearthd
+        // left pending are marked `error` and their orphan chunks collected.
+        if let Err(e) = engine.recover_snapshots() {
+            eprintln!("hearthd: cannot recover interrupted snapshots: {}", e.message());
+        }
         std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
             .map_err(io(format!("chmod 0600 {}", socket_path.display())))?;
         let tcp = match (config.listen_tcp, tls) {

@@ -189,6 +189,7 @@ impl Host {
             size_bytes: 2 << 20,
             read_only: false,
             delete_on_termination,
+            ..Default::default()
         }
     }
 
@@ -208,6 +209,7 @@ impl Host {
             initrd_path: String::new(),
             cmdline: format!("console=ttyS0 probe.ops={ops}"),
             volumes: vec![self.volume(&root_volume(id), true)],
+            ..Default::default()
         }
     }
 

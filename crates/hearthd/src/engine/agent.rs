@@ -65,6 +65,21 @@ pub struct DesiredVolume {
     pub read_only: bool,
     /// Delete on terminate.
     pub delete_on_termination: bool,
+    /// The AES-256-XTS key of an encrypted volume (empty = plain).
+    pub encryption_key: Vec<u8>,
+    /// Token buckets of its volume type.
+    pub limits: crate::volume_types::DiskLimits,
+}
+
+/// An instance-store disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EphemeralDisk {
+    /// Device name.
+    pub device_name: String,
+    /// `ephemeralN`.
+    pub virtual_name: String,
+    /// Size.
+    pub size_bytes: u64,
 }
 
 /// One instance as its host should run it.
@@ -94,6 +109,25 @@ pub struct DesiredInstance {
     pub cmdline: String,
     /// Volumes in slot order, root first.
     pub volumes: Vec<DesiredVolume>,
+    /// The guest's metadata disk content.
+    pub metadata: InstanceMetadata,
+    /// Instance-store disks.
+    pub ephemeral_disks: Vec<EphemeralDisk>,
+}
+
+/// What the guest learns from its metadata disk (cloud-init NoCloud).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceMetadata {
+    /// `i-…`.
+    pub instance_id: String,
+    /// Its host name.
+    pub hostname: String,
+    /// OpenSSH public keys (the launch key pair's).
+    pub public_keys: Vec<String>,
+    /// User data.
+    pub user_data: Vec<u8>,
+    /// cloud-init network config v2 ("" = DHCP).
+    pub network_config: String,
 }
 
 /// The answer to a Sync.
@@ -264,9 +298,11 @@ impl Engine {
                     }
                     cmdline.push_str("root=/dev/vda");
                 }
-                let volumes = instance
-                    .block_devices
-                    .iter()
+                let mut devices: Vec<&crate::model::InstanceBlockDevice> = instance.block_devices.iter().collect();
+                // The root first (slot 0 is /dev/vda), the others in attach order.
+                devices.sort_by_key(|d| d.device_name != instance.root_device_name);
+                let volumes = devices
+                    .into_iter()
                     .filter_map(|device| state.volumes.get(&device.volume_id).map(|volume| (device, volume)))
                     .map(|(device, volume)| DesiredVolume {
                         volume_id: volume.id.clone(),
@@ -275,8 +311,43 @@ impl Engine {
                         size_bytes: volume.size_bytes(),
                         read_only: false,
                         delete_on_termination: device.delete_on_termination,
+                        encryption_key: if volume.kms_key_id.is_empty() {
+                            Vec::new()
+                        } else {
+                            match self.options.keys.load(&volume.kms_key_id) {
+                                Ok(key) => key,
+                                Err(e) => {
+                                    eprintln!("hearthd: the key of {} is unreadable: {}", volume.id, e.message());
+                                    Vec::new()
+                                }
+                            }
+                        },
+                        limits: crate::volume_types::limits(
+                            &volume.volume_type,
+                            volume.size_gib,
+                            crate::volume_types::Shape {
+                                iops: volume.iops,
+                                throughput_mibps: volume.throughput_mibps,
+                            },
+                        ),
                     })
                     .collect();
+                let ephemeral_disks = self
+                    .options
+                    .instance_types
+                    .get(&instance.instance_type)
+                    .filter(|t| t.instance_store_disks > 0)
+                    .map(|t| {
+                        let disks = u64::from(t.instance_store_disks);
+                        (0..disks)
+                            .map(|n| EphemeralDisk {
+                                device_name: format!("/dev/nvme{}n1", n + 1),
+                                virtual_name: format!("ephemeral{n}"),
+                                size_bytes: t.instance_store_gib / disks * crate::model::GIB,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 DesiredInstance {
                     instance_id: instance.id.clone(),
                     run: instance.desired,
@@ -290,6 +361,14 @@ impl Engine {
                     initrd_path,
                     cmdline,
                     volumes,
+                    metadata: InstanceMetadata {
+                        instance_id: instance.id.clone(),
+                        hostname: instance.id.clone(),
+                        public_keys: instance.public_keys.clone(),
+                        user_data: instance.user_data.clone(),
+                        network_config: String::new(),
+                    },
+                    ephemeral_disks,
                 }
             })
             .collect();

@@ -2,6 +2,7 @@
 //! DeregisterImage, CreateImage (from an instance's root volume).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Engine, State};
 use crate::error::{Ec2Error, Ec2Result};
@@ -35,6 +36,10 @@ pub struct RegisterImageRequest {
     pub block_device_mappings: Vec<BlockDeviceMapping>,
     /// Validate only.
     pub dry_run: bool,
+    /// An image manifest (`image.json`) to import instead of the paths.
+    pub image_location: String,
+    /// An EBS-backed image's root snapshot (with `kernel_path`).
+    pub root_snapshot_id: String,
 }
 
 /// CreateImage.
@@ -100,34 +105,42 @@ fn require_file(path: &str, what: &str) -> Ec2Result<()> {
     Ok(())
 }
 
-/// Copies `from` to `to`, naming both in the error.
-fn copy_file(from: &Path, to: &Path) -> Ec2Result<u64> {
-    std::fs::copy(from, to).map_err(|error| Ec2Error::io(format!("copy {} to {}", from.display(), to.display()), error))
-}
-
-/// Files of a new image in the store, removed again unless `keep` is called.
-struct ImageFiles {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl ImageFiles {
-    fn create(image_dir: &Path, id: &str) -> Ec2Result<ImageFiles> {
-        let dir = image_dir.join(id);
-        std::fs::create_dir_all(&dir).map_err(|error| Ec2Error::io(format!("create {}", dir.display()), error))?;
-        Ok(ImageFiles { dir, keep: false })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for ImageFiles {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
+/// Maps an image store error: what the caller's files or manifest got wrong is
+/// `InvalidManifest`, the rest is hearthd's.
+fn image_error(operation: &str, error: hearth_image::ImageError) -> Ec2Error {
+    use hearth_image::ImageError as E;
+    match error {
+        E::ManifestInvalid(_) | E::ChecksumMismatch { .. } | E::SizeMismatch { .. } | E::FileMissing(_) => {
+            Ec2Error::InvalidManifest(format!("{operation}: {error}"))
         }
+        other => Ec2Error::io(operation.to_string(), std::io::Error::other(other.to_string())),
+    }
+}
+
+/// A scratch directory for a manifest of files given by path (symlinks to them), removed on drop.
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn new(parent: &Path) -> Ec2Result<Staging> {
+        let dir = parent.join(format!(".staging-{}", crate::ids::random_hex(8)));
+        std::fs::create_dir_all(&dir).map_err(|e| Ec2Error::io(format!("create {}", dir.display()), e))?;
+        Ok(Staging { dir })
+    }
+
+    /// `name` in the staging directory, a symlink to `target`.
+    fn link(&self, name: &str, target: &Path) -> Ec2Result<PathBuf> {
+        let path = self.dir.join(name);
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| Ec2Error::io(format!("link {} to {}", path.display(), target.display()), e))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -135,21 +148,158 @@ fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// The mappings of a manifest, as the engine keeps them.
+fn manifest_mappings(manifest: &hearth_image::Manifest) -> Vec<BlockDeviceMapping> {
+    manifest
+        .block_device_mappings
+        .iter()
+        .map(|m| BlockDeviceMapping {
+            device_name: m.device_name.clone(),
+            ebs: m.ebs.as_ref().map(|ebs| EbsSpec {
+                delete_on_termination: Some(ebs.delete_on_termination),
+                volume_size_gib: Some(ebs.volume_size_gib),
+                volume_type: ebs.volume_type.clone(),
+                ..EbsSpec::default()
+            }),
+            virtual_name: m.virtual_name.clone().unwrap_or_default(),
+            no_device: false,
+        })
+        .collect()
+}
+
 impl Engine {
-    /// RegisterImage: checks the files, copies them into `<image dir>/<ami-id>/`, records the image.
+    /// The image store, opened on first use.
+    pub(crate) fn image_store(&self) -> Ec2Result<Arc<hearth_image::BlockingImageStore>> {
+        if let Some(store) = self.image_store.get() {
+            return Ok(Arc::clone(store));
+        }
+        let store =
+            hearth_image::BlockingImageStore::open(&self.options.image_store_location, &self.options.image_cache_dir)
+                .map_err(|e| image_error("open the image store", e))?;
+        let store = Arc::new(store);
+        let _ = self.image_store.set(Arc::clone(&store));
+        Ok(Arc::clone(self.image_store.get().unwrap_or(&store)))
+    }
+
+    /// Imports the manifest at `manifest_path` into the image store and answers an image
+    /// record (not committed) for it.
+    fn import_manifest(&self, manifest_path: &Path) -> Ec2Result<Image> {
+        let store = self.image_store()?;
+        let imported = store
+            .import(manifest_path)
+            .map_err(|e| image_error(&format!("import {}", manifest_path.display()), e))?;
+        let manifest = &imported.manifest;
+        let local = |digest: &str| -> Ec2Result<String> {
+            store
+                .local_path(digest)
+                .map(|p| path_text(&p))
+                .map_err(|e| image_error("fetch an image file", e))
+        };
+        let mut blob_digests = vec![manifest.kernel.sha256.clone()];
+        blob_digests.extend(manifest.initrd.iter().map(|f| f.sha256.clone()));
+        blob_digests.push(manifest.root.sha256.clone());
+        Ok(Image {
+            id: String::new(),
+            name: manifest.name.clone(),
+            description: manifest.description.clone(),
+            architecture: manifest.architecture.clone(),
+            state: ImageState::Available,
+            creation_ms: 0,
+            kernel_path: local(&manifest.kernel.sha256)?,
+            initrd_path: manifest.initrd.as_ref().map(|f| local(&f.sha256)).transpose()?,
+            root_path: local(&manifest.root.sha256)?,
+            root_size_bytes: manifest.root.size,
+            root_device_name: manifest.root_device_name.clone(),
+            root_device_type: manifest.root_device_type.as_str().to_string(),
+            command_line: if manifest.command_line.is_empty() {
+                DEFAULT_COMMAND_LINE.to_string()
+            } else {
+                manifest.command_line.clone()
+            },
+            block_device_mappings: manifest_mappings(manifest),
+            source_instance_id: None,
+            tags: Tags::new(),
+            image_location: String::new(),
+            manifest_digest: imported.manifest_digest.clone(),
+            blob_digests,
+            root_snapshot_id: String::new(),
+        })
+    }
+
+    /// Imports files given by path: a manifest is written for them in a staging directory
+    /// (symlinks), then imported as any other.
+    fn import_paths(
+        &self,
+        name: &str,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        root: &Path,
+        root_device_type: &str,
+    ) -> Ec2Result<Image> {
+        std::fs::create_dir_all(&self.options.image_cache_dir)
+            .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
+        let staging = Staging::new(&self.options.image_cache_dir)?;
+        let mut options = hearth_image::manifest::DescribeOptions::new(
+            name,
+            staging.link("kernel", kernel)?,
+            staging.link("root.img", root)?,
+        );
+        options.initrd = initrd.map(|i| staging.link("initrd", i)).transpose()?;
+        options.root_device_type = root_device_type
+            .parse()
+            .map_err(|e| image_error("the root device type", e))?;
+        let manifest = hearth_image::Manifest::describe_files(&staging.dir, &options)
+            .map_err(|e| image_error("describe the image files", e))?;
+        let manifest_path = staging.dir.join("image.json");
+        std::fs::write(&manifest_path, manifest.to_json_pretty())
+            .map_err(|e| Ec2Error::io(format!("write {}", manifest_path.display()), e))?;
+        self.import_manifest(&manifest_path)
+    }
+
+    /// RegisterImage: from an image manifest (`ImageLocation`, every checksum verified),
+    /// from files given by path, or from a snapshot of a root volume (EBS-backed AMI). The
+    /// files go into the content-addressed image store.
     pub fn register_image(&self, request: RegisterImageRequest) -> Ec2Result<String> {
-        check_name(&self.lock().state, &request.name)?;
         if !request.architecture.is_empty() && request.architecture != "x86_64" {
             return Err(Ec2Error::InvalidParameterValue(format!(
                 "Unsupported architecture '{}' (x86_64 only)",
                 request.architecture
             )));
         }
-        require_file(&request.kernel_path, "KernelPath")?;
-        if !request.initrd_path.is_empty() {
-            require_file(&request.initrd_path, "InitrdPath")?;
+        let from_location = !request.image_location.is_empty();
+        let from_snapshot = !request.root_snapshot_id.is_empty();
+        if from_location
+            && (from_snapshot
+                || !request.kernel_path.is_empty()
+                || !request.initrd_path.is_empty()
+                || !request.root_image_path.is_empty())
+        {
+            return Err(Ec2Error::InvalidParameterCombination(
+                "ImageLocation excludes KernelPath, InitrdPath, RootImagePath and RootSnapshotId".to_string(),
+            ));
         }
-        require_file(&request.root_image_path, "RootImagePath")?;
+        if from_snapshot && !request.root_image_path.is_empty() {
+            return Err(Ec2Error::InvalidParameterCombination(
+                "RootSnapshotId excludes RootImagePath".to_string(),
+            ));
+        }
+        if from_location {
+            require_file(&request.image_location, "ImageLocation")?;
+        } else {
+            if request.name.is_empty() {
+                return Err(Ec2Error::MissingParameter("Name".into()));
+            }
+            require_file(&request.kernel_path, "KernelPath")?;
+            if !request.initrd_path.is_empty() {
+                require_file(&request.initrd_path, "InitrdPath")?;
+            }
+            if !from_snapshot {
+                require_file(&request.root_image_path, "RootImagePath")?;
+            }
+        }
+        if !request.name.is_empty() {
+            check_name(&self.lock().state, &request.name)?;
+        }
         let root_device_type = if request.root_device_type.is_empty() {
             "ebs"
         } else {
@@ -160,14 +310,15 @@ impl Engine {
                 "Invalid RootDeviceType '{root_device_type}'"
             )));
         }
-        let root_device_name = if request.root_device_name.is_empty() {
-            "/dev/xvda"
-        } else {
-            request.root_device_name.as_str()
-        };
-        if !root_device_name.starts_with("/dev/") {
+        if from_snapshot && root_device_type != "ebs" {
+            return Err(Ec2Error::InvalidParameterCombination(
+                "An image from a snapshot is EBS-backed".to_string(),
+            ));
+        }
+        if !request.root_device_name.is_empty() && !request.root_device_name.starts_with("/dev/") {
             return Err(Ec2Error::InvalidParameterValue(format!(
-                "Invalid RootDeviceName '{root_device_name}'"
+                "Invalid RootDeviceName '{}'",
+                request.root_device_name
             )));
         }
         for mapping in &request.block_device_mappings {
@@ -178,46 +329,85 @@ impl Engine {
                 )));
             }
         }
+        let snapshot = if from_snapshot {
+            IdKind::Snapshot.validate(&request.root_snapshot_id)?;
+            let inner = self.lock();
+            let snapshot = inner
+                .state
+                .snapshots
+                .get(&request.root_snapshot_id)
+                .ok_or_else(|| Ec2Error::SnapshotNotFound(request.root_snapshot_id.clone()))?
+                .clone();
+            if snapshot.state != crate::model::SnapshotState::Completed {
+                return Err(Ec2Error::ResourceIncorrectState(format!(
+                    "Snapshot '{}' is {}, not completed",
+                    snapshot.id,
+                    snapshot.state.as_str()
+                )));
+            }
+            if snapshot.encrypted {
+                return Err(Ec2Error::UnsupportedOperation(
+                    "Images from encrypted snapshots are not supported yet".to_string(),
+                ));
+            }
+            Some(snapshot)
+        } else {
+            None
+        };
         if request.dry_run {
             return Err(Ec2Error::DryRunOperation);
         }
-        let id = IdKind::Image.generate();
-        let mut files = ImageFiles::create(&self.options.image_dir, &id)?;
-        let kernel = files.path("kernel");
-        copy_file(Path::new(&request.kernel_path), &kernel)?;
-        let initrd = if request.initrd_path.is_empty() {
-            None
+        let mut image = if from_location {
+            let mut image = self.import_manifest(Path::new(&request.image_location))?;
+            image.image_location = request.image_location.clone();
+            image
+        } else if let Some(snapshot) = &snapshot {
+            // The snapshot's content becomes the root file instances clone (restored and
+            // verified chunk by chunk, then stored by content like any image file).
+            std::fs::create_dir_all(&self.options.image_cache_dir)
+                .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
+            let staging = Staging::new(&self.options.image_cache_dir)?;
+            let root = staging.dir.join("root.img");
+            self.snapshot_store()?.restore(&snapshot.id, &root, None).map_err(|e| {
+                Ec2Error::InvalidParameterValue(format!("restoring snapshot {} failed: {e}", snapshot.id))
+            })?;
+            let initrd = (!request.initrd_path.is_empty()).then(|| Path::new(&request.initrd_path));
+            let mut image = self.import_paths(&request.name, Path::new(&request.kernel_path), initrd, &root, "ebs")?;
+            image.root_snapshot_id = snapshot.id.clone();
+            image
         } else {
-            let initrd = files.path("initrd");
-            copy_file(Path::new(&request.initrd_path), &initrd)?;
-            Some(path_text(&initrd))
+            let initrd = (!request.initrd_path.is_empty()).then(|| Path::new(&request.initrd_path));
+            self.import_paths(
+                &request.name,
+                Path::new(&request.kernel_path),
+                initrd,
+                Path::new(&request.root_image_path),
+                root_device_type,
+            )?
         };
-        let root = files.path("root.img");
-        let root_size_bytes = copy_file(Path::new(&request.root_image_path), &root)?;
-        let image = Image {
-            id: id.clone(),
-            name: request.name.clone(),
-            description: request.description,
-            architecture: "x86_64".to_string(),
-            state: ImageState::Available,
-            creation_ms: self.now(),
-            kernel_path: path_text(&kernel),
-            initrd_path: initrd,
-            root_path: path_text(&root),
-            root_size_bytes,
-            root_device_name: root_device_name.to_string(),
-            root_device_type: root_device_type.to_string(),
-            command_line: if request.command_line.is_empty() {
-                DEFAULT_COMMAND_LINE.to_string()
-            } else {
-                request.command_line
-            },
-            block_device_mappings: request.block_device_mappings,
-            source_instance_id: None,
-            tags: Tags::new(),
-        };
+        let id = IdKind::Image.generate();
+        image.id = id.clone();
+        image.creation_ms = self.now();
+        if !request.name.is_empty() {
+            image.name = request.name.clone();
+        }
+        if !request.description.is_empty() {
+            image.description = request.description.clone();
+        }
+        if !request.command_line.is_empty() {
+            image.command_line = request.command_line.clone();
+        }
+        if !request.root_device_name.is_empty() {
+            image.root_device_name = request.root_device_name.clone();
+        }
+        if !from_location && !from_snapshot {
+            image.root_device_type = root_device_type.to_string();
+        }
+        if !request.block_device_mappings.is_empty() {
+            image.block_device_mappings = request.block_device_mappings.clone();
+        }
         let mut inner = self.lock();
-        check_name(&inner.state, &request.name)?;
+        check_name(&inner.state, &image.name)?;
         self.commit(
             &mut inner,
             Changes {
@@ -225,8 +415,35 @@ impl Engine {
                 ..Changes::default()
             },
         )?;
-        files.keep = true;
         Ok(id)
+    }
+
+    /// Deletes the store files of `image` that no other image uses (blobs are shared by
+    /// content; the manifest too when two images came from the same one).
+    pub(crate) fn release_image_files(&self, image: &Image, others: &[Image]) {
+        let Ok(store) = self.image_store() else {
+            return;
+        };
+        let used = |digest: &str| {
+            others
+                .iter()
+                .any(|o| o.id != image.id && o.blob_digests.iter().any(|d| d == digest))
+        };
+        for digest in &image.blob_digests {
+            if !used(digest) {
+                if let Err(e) = store.delete_blob(digest) {
+                    eprintln!("hearthd: cannot delete image blob {digest}: {e}");
+                }
+            }
+        }
+        let manifest_used = others
+            .iter()
+            .any(|o| o.id != image.id && o.manifest_digest == image.manifest_digest);
+        if !image.manifest_digest.is_empty() && !manifest_used {
+            if let Err(e) = store.delete_manifest(&image.manifest_digest) {
+                eprintln!("hearthd: cannot delete image manifest {}: {e}", image.manifest_digest);
+            }
+        }
     }
 
     /// DescribeImages: every registered image, or those named (all must exist), filtered.
@@ -298,7 +515,7 @@ impl Engine {
             Changes {
                 images: vec![Image {
                     state: ImageState::Deregistered,
-                    ..image
+                    ..image.clone()
                 }],
                 ..Changes::default()
             }
@@ -309,9 +526,10 @@ impl Engine {
             }
         };
         self.commit(&mut inner, changes)?;
+        let others: Vec<Image> = inner.state.images.values().cloned().collect();
         drop(inner);
         if !used {
-            let _ = std::fs::remove_dir_all(self.options.image_dir.join(id));
+            self.release_image_files(&image, &others);
         }
         Ok(())
     }
@@ -392,33 +610,51 @@ impl Engine {
                 block_device_mappings: mappings,
                 source_instance_id: Some(instance.id.clone()),
                 tags: Tags::new(),
+                image_location: String::new(),
+                manifest_digest: String::new(),
+                blob_digests: Vec::new(),
+                root_snapshot_id: String::new(),
             };
+            if root.encrypted {
+                return Err(Ec2Error::UnsupportedOperation(format!(
+                    "The root volume of '{}' is encrypted: images from encrypted volumes are not supported yet",
+                    instance.id
+                )));
+            }
             (instance.id.clone(), root_path, kernel, initrd, template)
         };
         if request.dry_run {
             return Err(Ec2Error::DryRunOperation);
         }
-        let id = IdKind::Image.generate();
-        let mut files = ImageFiles::create(&self.options.image_dir, &id)?;
-        let kernel_copy = files.path("kernel");
-        copy_file(Path::new(&kernel), &kernel_copy)?;
-        let initrd_copy = match &initrd {
-            Some(initrd) => {
-                let copy = files.path("initrd");
-                copy_file(Path::new(initrd), &copy)?;
-                Some(path_text(&copy))
-            }
-            None => None,
+        // A point-in-time copy of the root (a reflink where the file system has them), so
+        // that the file hashed is the file stored even while the instance writes.
+        std::fs::create_dir_all(&self.options.image_cache_dir)
+            .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
+        let staging = Staging::new(&self.options.image_cache_dir)?;
+        let copy = hearth_api::v1::DesiredVolume {
+            volume_id: "root".to_string(),
+            source_path: path_text(&root_volume_path),
+            ..Default::default()
         };
-        let root_copy = files.path("root.img");
-        let root_size_bytes = copy_file(&root_volume_path, &root_copy)?;
+        let root_copy = hearth_agent::volume::ensure_volume(&staging.dir, &copy)
+            .map_err(|e| Ec2Error::io("copy the root volume", std::io::Error::other(e.to_string())))?;
+        let imported = self.import_paths(
+            &request.name,
+            Path::new(&kernel),
+            initrd.as_deref().map(Path::new),
+            &root_copy,
+            &template.root_device_type,
+        )?;
+        let id = IdKind::Image.generate();
         let image = Image {
             id: id.clone(),
             creation_ms: self.now(),
-            kernel_path: path_text(&kernel_copy),
-            initrd_path: initrd_copy,
-            root_path: path_text(&root_copy),
-            root_size_bytes,
+            kernel_path: imported.kernel_path,
+            initrd_path: imported.initrd_path,
+            root_path: imported.root_path,
+            root_size_bytes: imported.root_size_bytes,
+            manifest_digest: imported.manifest_digest,
+            blob_digests: imported.blob_digests,
             ..template
         };
         let mut inner = self.lock();
@@ -433,7 +669,6 @@ impl Engine {
                 ..Changes::default()
             },
         )?;
-        files.keep = true;
         Ok(id)
     }
 }

@@ -146,7 +146,7 @@ const INSTANCE_FILTERS: &[&str] = &[
 
 const MAX_USER_DATA: usize = 16 * 1024;
 const CONSOLE_TAIL: u64 = 64 * 1024;
-const VOLUME_TYPES: &[&str] = &["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
+use crate::volume_types::VOLUME_TYPES;
 
 fn instance_values(instance: &Instance, name: &str) -> Option<Values> {
     Some(Values::One(match name {
@@ -227,7 +227,7 @@ fn lookup_shared<'a>(state: &'a State, ids: &[String]) -> Ec2Result<Vec<&'a Arc<
         .collect())
 }
 
-fn dry_run(flag: bool) -> Ec2Result<()> {
+pub(crate) fn dry_run(flag: bool) -> Ec2Result<()> {
     if flag {
         return Err(Ec2Error::DryRunOperation);
     }
@@ -266,6 +266,7 @@ struct VolumePlan {
     size_gib: u64,
     volume_type: String,
     iops: Option<u32>,
+    throughput_mibps: Option<u32>,
     encrypted: bool,
     delete_on_termination: bool,
     source_path: String,
@@ -299,6 +300,7 @@ fn plan_volumes(image: &Image, launch: &[BlockDeviceMapping]) -> Ec2Result<Vec<V
         size_gib: image_root_gib,
         volume_type: "gp3".to_string(),
         iops: None,
+        throughput_mibps: None,
         encrypted: false,
         delete_on_termination: true,
         source_path: image.root_path.clone(),
@@ -344,9 +346,14 @@ fn plan_volumes(image: &Image, launch: &[BlockDeviceMapping]) -> Ec2Result<Vec<V
                 }
                 root.size_gib = size;
             }
+            if ebs.encrypted {
+                return Err(Ec2Error::UnsupportedOperation(
+                    "Encrypting a root volume from an unencrypted image is not supported yet".to_string(),
+                ));
+            }
             root.volume_type = volume_type;
             root.iops = ebs.iops;
-            root.encrypted = ebs.encrypted;
+            root.throughput_mibps = ebs.throughput_mibps;
             root.delete_on_termination = ebs.delete_on_termination.unwrap_or(true);
             continue;
         }
@@ -360,12 +367,19 @@ fn plan_volumes(image: &Image, launch: &[BlockDeviceMapping]) -> Ec2Result<Vec<V
             size_gib,
             volume_type,
             iops: ebs.iops,
+            throughput_mibps: ebs.throughput_mibps,
             encrypted: ebs.encrypted,
             delete_on_termination: ebs.delete_on_termination.unwrap_or(true),
             source_path: String::new(),
         });
     }
     plans.insert(0, root);
+    for plan in &mut plans {
+        let shape = crate::volume_types::check(&plan.volume_type, plan.size_gib, plan.iops, plan.throughput_mibps)
+            .map_err(|e| Ec2Error::InvalidBlockDeviceMapping(format!("{}: {}", plan.device_name, e.message())))?;
+        plan.iops = shape.iops;
+        plan.throughput_mibps = shape.throughput_mibps;
+    }
     Ok(plans)
 }
 
@@ -512,6 +526,11 @@ impl Engine {
             let instance_id = IdKind::Instance.generate();
             let mut block_devices = Vec::new();
             for plan in &volume_plans {
+                let kms_key_id = if plan.encrypted {
+                    self.options.keys.create()?
+                } else {
+                    String::new()
+                };
                 let volume = Volume {
                     id: IdKind::Volume.generate(),
                     size_gib: plan.size_gib,
@@ -529,6 +548,13 @@ impl Engine {
                     encrypted: plan.encrypted,
                     create_time_ms: now,
                     tags: volume_tags.clone(),
+                    throughput_mibps: plan.throughput_mibps,
+                    snapshot_id: String::new(),
+                    kms_key_id,
+                    status_message: String::new(),
+                    modification: None,
+                    dirty_base: None,
+                    attach_time_ms: now,
                 };
                 block_devices.push(InstanceBlockDevice {
                     device_name: plan.device_name.clone(),
@@ -553,6 +579,11 @@ impl Engine {
                 launch_time_ms: now,
                 terminated_at_ms: None,
                 key_name: request.key_name.clone(),
+                public_keys: state
+                    .key_pairs
+                    .get(&request.key_name)
+                    .map(|key| vec![key.public_key.clone()])
+                    .unwrap_or_default(),
                 user_data: request.user_data.clone(),
                 tags: instance_tags.clone(),
                 disable_api_termination: request.disable_api_termination,
@@ -700,6 +731,25 @@ impl Engine {
                     id: instance.id.clone(),
                     action: "started",
                 });
+            }
+            if instance.state == InstanceState::Stopped {
+                if let Some(device) = instance.block_devices.iter().find(|d| self.volume_busy(&d.volume_id)) {
+                    return Err(Ec2Error::IncorrectState(format!(
+                        "The instance '{}' cannot start while a snapshot reads its volume {}; try again shortly",
+                        instance.id, device.volume_id
+                    )));
+                }
+                if instance.root_device_type == "ebs"
+                    && !instance
+                        .block_devices
+                        .iter()
+                        .any(|d| d.device_name == instance.root_device_name)
+                {
+                    return Err(Ec2Error::IncorrectState(format!(
+                        "The instance '{}' has no root volume at {} (attach one first)",
+                        instance.id, instance.root_device_name
+                    )));
+                }
             }
         }
         let mut rooms = self.host_rooms(state, now);

@@ -7,9 +7,13 @@ mod agent;
 mod images;
 mod instances;
 mod keys;
+mod snapshots;
+#[cfg(test)]
+mod storage_tests;
 mod tags;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,19 +21,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-pub use agent::{ActualReport, DesiredInstance, DesiredVolume, HostReport, SyncAnswer};
+pub use agent::{
+    ActualReport, DesiredInstance, DesiredVolume, EphemeralDisk, HostReport, InstanceMetadata, SyncAnswer,
+};
 pub use images::{CreateImageRequest, RegisterImageRequest};
 pub use instances::{
     InstanceAttribute, InstanceStatus, ModifyInstanceRequest, Reservation, RunInstancesRequest, StateChange,
     TagSpecification,
 };
 pub use keys::CreatedKeyPair;
+pub use snapshots::progress as snapshot_progress;
+pub use snapshots::CopySnapshotRequest;
 pub use tags::{AvailabilityZone, Region, TagDescription};
+pub use volumes::{attachment_state, AttachmentInfo, CreateVolumeRequest, ModifyVolumeRequest};
 
 use crate::error::{Ec2Error, Ec2Result};
 use crate::hostfiles::{ConsoleSource, LocalConsole, LocalVolumes, VolumeFiles};
 use crate::instance_types::InstanceTypes;
-use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, Volume};
+use crate::kms::KeyStore;
+use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, SnapshotRecord, Volume};
 use crate::store::{Changes, Store, StoreError};
 use crate::time::{Clock, SystemClock};
 
@@ -41,8 +51,10 @@ pub struct EngineOptions {
     pub endpoint: String,
     /// Availability zones that exist even without a host.
     pub availability_zones: Vec<String>,
-    /// Image store: `<dir>/<ami-id>/{kernel,initrd,root.img}`.
-    pub image_dir: PathBuf,
+    /// The image store: a directory or `s3://bucket/prefix?endpoint=…` (see docs/images.md).
+    pub image_store_location: String,
+    /// Local copies of remote image files, and staging for imports.
+    pub image_cache_dir: PathBuf,
     /// Instance types offered.
     pub instance_types: InstanceTypes,
     /// Graceful stop timeout sent to agents.
@@ -59,8 +71,14 @@ pub struct EngineOptions {
     pub owner_id: String,
     /// Console logs.
     pub console: Arc<dyn ConsoleSource>,
-    /// Volume files (for CreateImage).
+    /// Volume files and VMM sockets on agent hosts (CreateImage, snapshots, restores).
     pub volume_files: Arc<dyn VolumeFiles>,
+    /// Encryption keys of encrypted volumes.
+    pub keys: KeyStore,
+    /// The snapshot store, opened at `snapshot_store_location` on first use when `None`.
+    pub snapshots: Option<Arc<hearth_snapshot::SnapshotStore>>,
+    /// Where snapshots live: a directory or `s3://bucket/prefix?endpoint=…`.
+    pub snapshot_store_location: String,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -73,7 +91,8 @@ impl EngineOptions {
             region: "homelab-1".to_string(),
             endpoint: String::new(),
             availability_zones: Vec::new(),
-            image_dir: data_dir.join("images"),
+            image_store_location: data_dir.join("images").display().to_string(),
+            image_cache_dir: data_dir.join("image-cache"),
             instance_types: InstanceTypes::built_in(),
             stop_timeout_ms: 30_000,
             cpu_allocation_ratio: 16.0,
@@ -86,7 +105,12 @@ impl EngineOptions {
             }),
             volume_files: Arc::new(LocalVolumes {
                 dir: data_dir.join("agent/volumes"),
+                run_dir: data_dir.join("agent/run"),
+                hosts: Vec::new(),
             }),
+            keys: KeyStore::new(data_dir.join("kms")),
+            snapshots: None,
+            snapshot_store_location: data_dir.join("snapshots").display().to_string(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -101,6 +125,7 @@ pub(crate) struct State {
     pub(crate) key_pairs: BTreeMap<String, KeyPair>,
     pub(crate) hosts: BTreeMap<String, Host>,
     pub(crate) client_tokens: HashMap<String, ClientTokenRecord>,
+    pub(crate) snapshots: BTreeMap<String, SnapshotRecord>,
     pub(crate) revision: u64,
     /// When each host last synced (memory only: a restarted hearthd waits for reports).
     pub(crate) host_seen_ms: HashMap<String, i64>,
@@ -140,6 +165,12 @@ impl State {
         }
         for token in changes.deleted_client_tokens {
             self.client_tokens.remove(&token);
+        }
+        for snapshot in changes.snapshots {
+            self.snapshots.insert(snapshot.id.clone(), snapshot);
+        }
+        for id in changes.deleted_snapshots {
+            self.snapshots.remove(&id);
         }
         if let Some(revision) = changes.revision {
             self.revision = revision;
@@ -189,6 +220,10 @@ pub struct Engine {
     inner: Mutex<Inner>,
     options: EngineOptions,
     revisions: watch::Sender<u64>,
+    snapshot_store: std::sync::OnceLock<Arc<hearth_snapshot::SnapshotStore>>,
+    image_store: std::sync::OnceLock<Arc<hearth_image::BlockingImageStore>>,
+    /// Volumes a snapshot is reading from the file right now (no start may touch them).
+    busy_volumes: Mutex<BTreeSet<String>>,
 }
 
 impl Engine {
@@ -206,13 +241,21 @@ impl Engine {
             key_pairs: snapshot.key_pairs,
             hosts: snapshot.hosts,
             client_tokens: snapshot.client_tokens,
+            snapshots: snapshot.snapshots,
             ..Changes::default()
         });
         let (revisions, _) = watch::channel(state.revision);
+        let snapshot_store = std::sync::OnceLock::new();
+        if let Some(store) = &options.snapshots {
+            let _ = snapshot_store.set(Arc::clone(store));
+        }
         Ok(Engine {
             inner: Mutex::new(Inner { state, store }),
             options,
             revisions,
+            snapshot_store,
+            image_store: std::sync::OnceLock::new(),
+            busy_volumes: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -294,10 +337,15 @@ impl Engine {
             }
         }
         let purged = changes.deleted_instances.len();
+        let removed: Vec<Image> = removed_images
+            .iter()
+            .filter_map(|id| inner.state.images.get(id).cloned())
+            .collect();
         self.commit(&mut inner, changes)?;
+        let others: Vec<Image> = inner.state.images.values().cloned().collect();
         drop(inner);
-        for id in removed_images {
-            let _ = std::fs::remove_dir_all(self.options.image_dir.join(id));
+        for image in &removed {
+            self.release_image_files(image, &others);
         }
         Ok(purged)
     }

@@ -70,6 +70,7 @@ fn tags_of<'a>(state: &'a State, id: &str) -> Option<&'a Tags> {
             .filter(|i| i.state != ImageState::Deregistered)
             .map(|i| &i.tags),
         IdKind::KeyPair => state.key_pairs.values().find(|k| k.id == id).map(|k| &k.tags),
+        IdKind::Snapshot => state.snapshots.get(id).map(|s| &s.tags),
         IdKind::Reservation => None,
     }
 }
@@ -96,6 +97,7 @@ fn check_resources(state: &State, resources: &[String]) -> Ec2Result<()> {
                 IdKind::Instance => Ec2Error::InstanceNotFound(id.clone()),
                 IdKind::Volume => Ec2Error::VolumeNotFound(id.clone()),
                 IdKind::Image => Ec2Error::ImageNotFound(id.clone()),
+                IdKind::Snapshot => Ec2Error::SnapshotNotFound(id.clone()),
                 _ => Ec2Error::KeyPairNotFound(id.clone()),
             });
         }
@@ -127,6 +129,14 @@ fn set_tags(state: &State, changes: &mut Changes, id: &str, tags: Tags) {
         Some(IdKind::KeyPair) => {
             if let Some(key) = state.key_pairs.values().find(|k| k.id == id) {
                 changes.key_pairs.push(crate::model::KeyPair { tags, ..key.clone() });
+            }
+        }
+        Some(IdKind::Snapshot) => {
+            if let Some(snapshot) = state.snapshots.get(id) {
+                changes.snapshots.push(crate::model::SnapshotRecord {
+                    tags,
+                    ..snapshot.clone()
+                });
             }
         }
         _ => {}
@@ -226,6 +236,9 @@ impl Engine {
         }
         for key in state.key_pairs.values() {
             push(&key.id, IdKind::KeyPair, &key.tags);
+        }
+        for snapshot in state.snapshots.values() {
+            push(&snapshot.id, IdKind::Snapshot, &snapshot.tags);
         }
         let empty = Tags::new();
         all.retain(|tag| {

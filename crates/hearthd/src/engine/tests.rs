@@ -35,6 +35,8 @@ fn options(dir: &TempDir, clock: &Arc<ManualClock>) -> EngineOptions {
     });
     options.volume_files = Arc::new(LocalVolumes {
         dir: dir.path().join("volumes"),
+        run_dir: dir.path().join("run"),
+        hosts: Vec::new(),
     });
     options
 }
@@ -184,14 +186,15 @@ fn full_lifecycle_follows_agent_reports() {
         (id.as_str(), DesiredRun::Running)
     );
     assert!(
-        spec.kernel_path.ends_with(&format!("images/{}/kernel", f.image)),
+        std::path::Path::new(&spec.kernel_path).starts_with(f.dir.path().join("images/blobs/sha256")),
         "{}",
         spec.kernel_path
     );
-    assert!(spec.initrd_path.ends_with("initrd"));
+    assert_eq!(std::fs::read(&spec.kernel_path).unwrap(), b"kernel");
+    assert_eq!(std::fs::read(&spec.initrd_path).unwrap(), b"initrd");
     assert_eq!(spec.cmdline, "console=ttyS0 root=/dev/vda");
     assert_eq!(spec.volumes.len(), 1);
-    assert!(spec.volumes[0].source_path.ends_with("root.img"));
+    assert_eq!(std::fs::read(&spec.volumes[0].source_path).unwrap(), vec![7u8; 4096]);
     assert_eq!(spec.volumes[0].size_bytes, crate::model::GIB);
     assert!(spec.volumes[0].delete_on_termination);
     let root_volume = spec.volumes[0].volume_id.clone();
@@ -1010,7 +1013,7 @@ fn modify_and_describe_attributes() {
     assert_eq!(attr("instanceInitiatedShutdownBehavior"), "terminate");
     assert_eq!(attr("disableApiTermination"), "false");
     assert_eq!(attr("kernel"), kernel);
-    assert!(attr("ramdisk").ends_with("initrd"));
+    assert_eq!(std::fs::read(attr("ramdisk")).unwrap(), b"initrd");
     assert_eq!(attr("rootDeviceName"), "/dev/xvda");
     assert_eq!(
         f.engine
@@ -1037,8 +1040,12 @@ fn images_register_describe_deregister_and_create() {
     let image = &images[0];
     assert_eq!(image.root_size_bytes, 4096);
     assert_eq!(image.command_line, "console=ttyS0");
-    assert!(std::path::Path::new(&image.root_path).starts_with(f.dir.path().join("images").join(&image.id)));
+    let blobs = f.dir.path().join("images/blobs/sha256");
+    assert!(std::path::Path::new(&image.root_path).starts_with(&blobs));
     assert_eq!(std::fs::read(&image.kernel_path).unwrap(), b"kernel");
+    assert_eq!(image.blob_digests.len(), 3);
+    assert_eq!(image.manifest_digest.len(), 64);
+    let blob_count = || std::fs::read_dir(&blobs).unwrap().count();
 
     let path = |file: &str| f.dir.path().join(file).to_string_lossy().into_owned();
     let duplicate = RegisterImageRequest {
@@ -1069,10 +1076,17 @@ fn images_register_describe_deregister_and_create() {
         ..duplicate
     };
     assert_eq!(code(f.engine.register_image(dry)), "DryRunOperation");
+    assert_eq!(blob_count(), 3, "no files left behind");
     assert_eq!(
-        std::fs::read_dir(f.dir.path().join("images")).unwrap().count(),
-        1,
-        "no files left behind"
+        std::fs::read_dir(f.dir.path().join("images/manifests"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_dir(f.dir.path().join("image-cache")).unwrap().count(),
+        0,
+        "no staging left behind"
     );
 
     let by_name = f.engine.describe_images(&[], &[Filter::new("name", &["ba*"])]).unwrap();
@@ -1131,14 +1145,29 @@ fn images_register_describe_deregister_and_create() {
     );
     assert_eq!(f.engine.describe_images(&[], &[]).unwrap().len(), 1);
     assert_eq!(code(f.engine.run_instances(f.run_request())), "InvalidAMIID.NotFound");
-    let image_dir = f.dir.path().join("images").join(&f.image);
-    assert!(image_dir.exists());
+    let base_root = image.root_path.clone();
+    assert!(std::path::Path::new(&base_root).exists());
+    assert_eq!(blob_count(), 4, "the created image shares the kernel and initrd");
     f.engine.terminate_instances(std::slice::from_ref(&id), false).unwrap();
     f.agent(&[actual(&id, "terminated", 1, "")]);
     f.engine.purge().unwrap();
-    assert!(!image_dir.exists());
+    assert!(
+        !std::path::Path::new(&base_root).exists(),
+        "the base image's own root went"
+    );
+    assert_eq!(
+        std::fs::read(&snap.kernel_path).unwrap(),
+        b"kernel",
+        "shared blobs stay"
+    );
     f.engine.deregister_image(&created, false).unwrap();
-    assert!(!f.dir.path().join("images").join(&created).exists());
+    assert_eq!(blob_count(), 0);
+    assert_eq!(
+        std::fs::read_dir(f.dir.path().join("images/manifests"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]

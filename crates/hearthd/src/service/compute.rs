@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status_of;
 use crate::engine::{
-    CreateImageRequest, Engine, ModifyInstanceRequest, RegisterImageRequest, RunInstancesRequest, TagSpecification,
+    CopySnapshotRequest, CreateImageRequest, CreateVolumeRequest, Engine, ModifyInstanceRequest, ModifyVolumeRequest,
+    RegisterImageRequest, RunInstancesRequest, TagSpecification,
 };
 use crate::error::Ec2Result;
 use crate::time::rfc3339;
@@ -30,7 +31,7 @@ impl ComputeService {
     async fn run<T, F>(&self, call: F) -> Result<Response<T>, Status>
     where
         T: Send + 'static,
-        F: FnOnce(&Engine) -> Ec2Result<T> + Send + 'static,
+        F: FnOnce(&Arc<Engine>) -> Ec2Result<T> + Send + 'static,
     {
         let engine = Arc::clone(&self.engine);
         match tokio::task::spawn_blocking(move || call(&engine)).await {
@@ -268,6 +269,8 @@ impl Compute for ComputeService {
             command_line: r.command_line,
             block_device_mappings: r.block_device_mappings.into_iter().map(convert::mapping_in).collect(),
             dry_run: r.dry_run,
+            image_location: r.image_location,
+            root_snapshot_id: r.root_snapshot_id,
         };
         self.run(move |engine| engine.register_image(request).map(|image_id| pb::ImageId { image_id }))
             .await
@@ -444,6 +447,163 @@ impl Compute for ComputeService {
                     })
                     .collect(),
             })
+        })
+        .await
+    }
+
+    async fn create_volume(&self, request: Request<pb::CreateVolumeRequest>) -> Result<Response<pb::Volume>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let request = CreateVolumeRequest {
+                availability_zone: r.availability_zone,
+                size_gib: r.size_gib.map(|s| s.max(0) as u64),
+                volume_type: r.volume_type,
+                iops: r.iops.map(|i| i.max(0) as u32),
+                throughput_mibps: r.throughput_mibps.map(|t| t.max(0) as u32),
+                encrypted: r.encrypted,
+                kms_key_id: r.kms_key_id,
+                snapshot_id: r.snapshot_id,
+                tags: convert::tag_pairs(r.tag_specifications, "volume")?,
+                dry_run: r.dry_run,
+            };
+            engine.create_volume(request).map(|v| convert::volume(&v))
+        })
+        .await
+    }
+
+    async fn describe_volumes(
+        &self,
+        request: Request<pb::DescribeVolumesRequest>,
+    ) -> Result<Response<pb::DescribeVolumesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let volumes = engine.describe_volumes(&r.volume_ids, &convert::filters(r.filters))?;
+            Ok(pb::DescribeVolumesResponse {
+                volumes: volumes.iter().map(convert::volume).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn attach_volume(
+        &self,
+        request: Request<pb::AttachVolumeRequest>,
+    ) -> Result<Response<pb::VolumeAttachment>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .attach_volume(&r.volume_id, &r.instance_id, &r.device, r.dry_run)
+                .map(|a| convert::attachment(&a))
+        })
+        .await
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<pb::DetachVolumeRequest>,
+    ) -> Result<Response<pb::VolumeAttachment>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .detach_volume(&r.volume_id, &r.instance_id, &r.device, r.force, r.dry_run)
+                .map(|a| convert::attachment(&a))
+        })
+        .await
+    }
+
+    async fn delete_volume(&self, request: Request<pb::VolumeIdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.delete_volume(&r.volume_id, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn modify_volume(
+        &self,
+        request: Request<pb::ModifyVolumeRequest>,
+    ) -> Result<Response<pb::VolumeModification>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let volume_id = r.volume_id.clone();
+            engine
+                .modify_volume(ModifyVolumeRequest {
+                    volume_id: r.volume_id,
+                    size_gib: r.size_gib.map(|s| s.max(0) as u64),
+                    volume_type: r.volume_type,
+                    iops: r.iops.map(|i| i.max(0) as u32),
+                    throughput_mibps: r.throughput_mibps.map(|t| t.max(0) as u32),
+                    dry_run: r.dry_run,
+                })
+                .map(|m| convert::modification(&volume_id, &m))
+        })
+        .await
+    }
+
+    async fn describe_volumes_modifications(
+        &self,
+        request: Request<pb::DescribeVolumesModificationsRequest>,
+    ) -> Result<Response<pb::DescribeVolumesModificationsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let found = engine.describe_volumes_modifications(&r.volume_ids, &convert::filters(r.filters))?;
+            Ok(pb::DescribeVolumesModificationsResponse {
+                volumes_modifications: found.iter().map(|(id, m)| convert::modification(id, m)).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let tags = convert::tag_pairs(r.tag_specifications, "snapshot")?;
+            let snapshot = engine.create_snapshot(&r.volume_id, &r.description, &tags, r.dry_run)?;
+            Ok(convert::snapshot(&snapshot, &engine.options().owner_id))
+        })
+        .await
+    }
+
+    async fn describe_snapshots(
+        &self,
+        request: Request<pb::DescribeSnapshotsRequest>,
+    ) -> Result<Response<pb::DescribeSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let found = engine.describe_snapshots(&r.snapshot_ids, &r.owner_ids, &convert::filters(r.filters))?;
+            let owner = engine.options().owner_id.clone();
+            Ok(pb::DescribeSnapshotsResponse {
+                snapshots: found.iter().map(|s| convert::snapshot(s, &owner)).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_snapshot(&self, request: Request<pb::SnapshotIdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.delete_snapshot(&r.snapshot_id, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn copy_snapshot(
+        &self,
+        request: Request<pb::CopySnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotId>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let request = CopySnapshotRequest {
+                source_snapshot_id: r.source_snapshot_id,
+                source_region: r.source_region,
+                description: r.description,
+                encrypted: r.encrypted,
+                kms_key_id: r.kms_key_id,
+                tags: convert::tag_pairs(r.tag_specifications, "snapshot")?,
+                dry_run: r.dry_run,
+            };
+            engine
+                .copy_snapshot(request)
+                .map(|snapshot_id| pb::SnapshotId { snapshot_id })
         })
         .await
     }

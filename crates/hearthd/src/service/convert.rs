@@ -4,7 +4,10 @@ use hearth_api::v1 as pb;
 
 use crate::engine::{self, Reservation, StateChange};
 use crate::filter::Filter;
-use crate::model::{BlockDeviceMapping, EbsSpec, Image, Instance, InstanceBlockDevice, InstanceState, KeyPair, Tags};
+use crate::model::{
+    BlockDeviceMapping, EbsSpec, Image, Instance, InstanceBlockDevice, InstanceState, KeyPair, SnapshotRecord, Tags,
+    Volume, VolumeModification,
+};
 use crate::time::rfc3339;
 
 pub(crate) fn filters(filters: Vec<pb::Filter>) -> Vec<Filter> {
@@ -216,6 +219,7 @@ pub(crate) fn image(image: &Image) -> pb::Image {
             delete_on_termination: Some(true),
             volume_size_gib: Some(image.root_size_bytes.div_ceil(crate::model::GIB).max(1) as i64),
             volume_type: "gp3".to_string(),
+            snapshot_id: image.root_snapshot_id.clone(),
             ..pb::EbsBlockDevice::default()
         }),
         ..pb::BlockDeviceMapping::default()
@@ -234,7 +238,106 @@ pub(crate) fn image(image: &Image) -> pb::Image {
         block_device_mappings: mappings,
         root_size_bytes: image.root_size_bytes as i64,
         tags: tags(&image.tags),
+        image_location: image.image_location.clone(),
+        manifest_digest: image.manifest_digest.clone(),
+        root_snapshot_id: image.root_snapshot_id.clone(),
     }
+}
+
+pub(crate) fn volume(volume: &Volume) -> pb::Volume {
+    pb::Volume {
+        volume_id: volume.id.clone(),
+        size_gib: volume.size_gib as i64,
+        volume_type: volume.volume_type.clone(),
+        iops: volume.iops.unwrap_or(0) as i32,
+        throughput_mibps: volume.throughput_mibps.unwrap_or(0) as i32,
+        availability_zone: volume.availability_zone.clone(),
+        state: volume.state.as_str().to_string(),
+        create_time: rfc3339(volume.create_time_ms),
+        encrypted: volume.encrypted,
+        kms_key_id: volume.kms_key_id.clone(),
+        snapshot_id: volume.snapshot_id.clone(),
+        attachments: volume
+            .attachment
+            .iter()
+            .map(|a| pb::VolumeAttachment {
+                volume_id: volume.id.clone(),
+                instance_id: a.instance_id.clone(),
+                device: a.device_name.clone(),
+                state: crate::engine::attachment_state(volume).to_string(),
+                attach_time: rfc3339(volume.attach_time_ms.max(volume.create_time_ms)),
+                delete_on_termination: a.delete_on_termination,
+            })
+            .collect(),
+        tags: tags(&volume.tags),
+        host_id: volume.host_id.clone(),
+    }
+}
+
+pub(crate) fn attachment(info: &engine::AttachmentInfo) -> pb::VolumeAttachment {
+    pb::VolumeAttachment {
+        volume_id: info.volume_id.clone(),
+        instance_id: info.instance_id.clone(),
+        device: info.device.clone(),
+        state: info.state.clone(),
+        attach_time: rfc3339(info.attach_time_ms),
+        delete_on_termination: info.delete_on_termination,
+    }
+}
+
+pub(crate) fn modification(volume_id: &str, m: &VolumeModification) -> pb::VolumeModification {
+    pb::VolumeModification {
+        volume_id: volume_id.to_string(),
+        modification_state: m.state.clone(),
+        status_message: m.status_message.clone(),
+        target_size_gib: m.target_size_gib as i64,
+        target_iops: m.target_iops.unwrap_or(0) as i32,
+        target_volume_type: m.target_volume_type.clone(),
+        target_throughput_mibps: m.target_throughput_mibps.unwrap_or(0) as i32,
+        original_size_gib: m.original_size_gib as i64,
+        original_iops: m.original_iops.unwrap_or(0) as i32,
+        original_volume_type: m.original_volume_type.clone(),
+        original_throughput_mibps: m.original_throughput_mibps.unwrap_or(0) as i32,
+        progress: if m.state == "completed" { 100 } else { 0 },
+        start_time: rfc3339(m.start_time_ms),
+        end_time: m.end_time_ms.map(rfc3339).unwrap_or_default(),
+    }
+}
+
+pub(crate) fn snapshot(snapshot: &SnapshotRecord, owner_id: &str) -> pb::Snapshot {
+    pb::Snapshot {
+        snapshot_id: snapshot.id.clone(),
+        volume_id: snapshot.volume_id.clone(),
+        state: snapshot.state.as_str().to_string(),
+        state_message: snapshot.state_message.clone(),
+        start_time: rfc3339(snapshot.start_time_ms),
+        progress: crate::engine::snapshot_progress(snapshot).to_string(),
+        volume_size_gib: snapshot.volume_size_gib as i64,
+        description: snapshot.description.clone(),
+        encrypted: snapshot.encrypted,
+        kms_key_id: snapshot.kms_key_id.clone(),
+        owner_id: owner_id.to_string(),
+        tags: tags(&snapshot.tags),
+        stored_bytes: snapshot.stored_bytes as i64,
+        full_snapshot_size_bytes: snapshot.full_size_bytes as i64,
+    }
+}
+
+pub(crate) fn tag_pairs(
+    specs: Vec<pb::TagSpecification>,
+    resource_type: &str,
+) -> Result<Vec<(String, String)>, crate::error::Ec2Error> {
+    let mut out = Vec::new();
+    for spec in specs {
+        if spec.resource_type != resource_type {
+            return Err(crate::error::Ec2Error::InvalidParameterValue(format!(
+                "'{}' is not a valid taggable resource type for this operation (expected '{resource_type}')",
+                spec.resource_type
+            )));
+        }
+        out.extend(spec.tags.into_iter().map(|t| (t.key, t.value)));
+    }
+    Ok(out)
 }
 
 pub(crate) fn key_pair_info(key: &KeyPair) -> pb::KeyPairInfo {
@@ -271,8 +374,31 @@ pub(crate) fn desired(instance: engine::DesiredInstance) -> pb::DesiredInstance 
                 size_bytes: volume.size_bytes as i64,
                 read_only: volume.read_only,
                 delete_on_termination: volume.delete_on_termination,
+                encryption_key: volume.encryption_key,
+                limits: Some(pb::DiskLimits {
+                    ops_per_sec: volume.limits.ops_per_sec,
+                    ops_burst: volume.limits.ops_burst,
+                    bytes_per_sec: volume.limits.bytes_per_sec,
+                    bytes_burst: volume.limits.bytes_burst,
+                }),
             })
             .collect(),
+        ephemeral_disks: instance
+            .ephemeral_disks
+            .into_iter()
+            .map(|disk| pb::EphemeralDisk {
+                device_name: disk.device_name,
+                virtual_name: disk.virtual_name,
+                size_bytes: disk.size_bytes as i64,
+            })
+            .collect(),
+        metadata: Some(pb::InstanceMetadata {
+            instance_id: instance.metadata.instance_id,
+            hostname: instance.metadata.hostname,
+            public_keys: instance.metadata.public_keys,
+            user_data: instance.metadata.user_data,
+            network_config: instance.metadata.network_config,
+        }),
     }
 }
 

@@ -5,7 +5,7 @@ pub mod sqlite;
 
 use thiserror::Error;
 
-use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, Volume};
+use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, SnapshotRecord, Volume};
 
 pub use sqlite::SqliteStore;
 
@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub hosts: Vec<Host>,
     /// RunInstances client tokens.
     pub client_tokens: Vec<ClientTokenRecord>,
+    /// Volume snapshots.
+    pub snapshots: Vec<SnapshotRecord>,
     /// The last desired-state revision handed out.
     pub revision: u64,
 }
@@ -84,6 +86,10 @@ pub struct Changes {
     pub client_tokens: Vec<ClientTokenRecord>,
     /// Client tokens to delete.
     pub deleted_client_tokens: Vec<String>,
+    /// Snapshots to write.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Snapshot IDs to delete.
+    pub deleted_snapshots: Vec<String>,
     /// The new last revision, if it moved.
     pub revision: Option<u64>,
 }
@@ -102,6 +108,8 @@ impl Changes {
             && self.hosts.is_empty()
             && self.client_tokens.is_empty()
             && self.deleted_client_tokens.is_empty()
+            && self.snapshots.is_empty()
+            && self.deleted_snapshots.is_empty()
             && self.revision.is_none()
     }
 }

@@ -32,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX instances_by_state ON instances (state);
     CREATE INDEX instances_by_reservation ON instances (reservation_id);
     CREATE INDEX volumes_by_state ON volumes (state);",
+    // 3: EBS snapshots.
+    "CREATE TABLE snapshots (id TEXT PRIMARY KEY, volume_id TEXT NOT NULL, doc TEXT NOT NULL);",
 ];
 
 /// The schema version this build writes.
@@ -188,6 +190,17 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreErr
         tx.execute("DELETE FROM client_tokens WHERE token = ?1", [token])
             .map_err(db("delete a client token"))?;
     }
+    for snapshot in &changes.snapshots {
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (id, volume_id, doc) VALUES (?1, ?2, ?3)",
+            params![snapshot.id, snapshot.volume_id, encode(snapshot)?],
+        )
+        .map_err(db("write a snapshot"))?;
+    }
+    for id in &changes.deleted_snapshots {
+        tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])
+            .map_err(db("delete a snapshot"))?;
+    }
     if let Some(revision) = changes.revision {
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)",
@@ -212,6 +225,7 @@ impl Store for SqliteStore {
             key_pairs: self.load_docs("SELECT doc FROM key_pairs ORDER BY name")?,
             hosts: self.load_docs("SELECT doc FROM hosts ORDER BY id")?,
             client_tokens: self.load_docs("SELECT doc FROM client_tokens ORDER BY token")?,
+            snapshots: self.load_docs("SELECT doc FROM snapshots ORDER BY id")?,
             revision: revision.unwrap_or(0).max(0) as u64,
         })
     }
