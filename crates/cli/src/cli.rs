@@ -43,7 +43,7 @@ pub enum OutputFormat {
 /// `--wait` and `--wait-timeout`.
 #[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
-    /// Poll until every instance reaches the target state, printing each transition to stderr
+    /// Poll until every instance (volume, snapshot) reaches the target state, printing each transition to stderr
     #[arg(long)]
     pub wait: bool,
 
@@ -188,7 +188,7 @@ pub enum Command {
         #[command(flatten)]
         filters: Filters,
     },
-    /// Register an image from a kernel, an optional initrd and a root disk image on the hearthd host
+    /// Register an image from an image.json manifest, or from a kernel and a root disk image or snapshot
     RegisterImage(RegisterImage),
     /// Describe images
     DescribeImages {
@@ -297,6 +297,108 @@ pub enum Command {
         #[arg(long, value_name = "TOKEN")]
         next_token: Option<String>,
     },
+    /// Create an EBS volume (empty, or from a snapshot)
+    CreateVolume(CreateVolume),
+    /// Describe volumes
+    DescribeVolumes {
+        /// Volume IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        volume_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Attach a volume to an instance as a device
+    AttachVolume {
+        /// Volume ID
+        #[arg(long, value_name = "ID")]
+        volume_id: String,
+        /// Instance ID
+        #[arg(long, value_name = "ID")]
+        instance_id: String,
+        /// Device name, e.g. /dev/sdf
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Detach a volume from its instance
+    DetachVolume {
+        /// Volume ID
+        #[arg(long, value_name = "ID")]
+        volume_id: String,
+        /// Only if attached to this instance
+        #[arg(long, value_name = "ID")]
+        instance_id: Option<String>,
+        /// Only if attached as this device
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
+        /// Detach without waiting for the guest to release the device (data may be lost)
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Delete an available volume
+    DeleteVolume {
+        /// Volume ID
+        #[arg(long, value_name = "ID")]
+        volume_id: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change a volume's size, type, IOPS or throughput
+    ModifyVolume(ModifyVolume),
+    /// Describe the modifications of volumes
+    DescribeVolumesModifications {
+        /// Volume IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        volume_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Take a snapshot of a volume
+    CreateSnapshot {
+        /// Volume ID
+        #[arg(long, value_name = "ID")]
+        volume_id: String,
+        /// Description
+        #[arg(long)]
+        description: Option<String>,
+        /// Tags for the snapshot: 'ResourceType=snapshot,Tags=[{Key=Name,Value=nightly}]'
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        tag_specifications: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Describe snapshots
+    DescribeSnapshots {
+        /// Snapshot IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        snapshot_ids: Vec<String>,
+        /// Owners: self, or owner IDs
+        #[arg(long, num_args = 1.., value_name = "OWNER")]
+        owner_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Delete a snapshot
+    DeleteSnapshot {
+        /// Snapshot ID
+        #[arg(long, value_name = "ID")]
+        snapshot_id: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Copy a snapshot (within this region)
+    CopySnapshot(CopySnapshot),
     /// Describe the region (one hearthd is one region)
     DescribeRegions,
     /// Describe the availability zones (groups of hosts)
@@ -398,18 +500,24 @@ pub struct ModifyInstanceAttribute {
 /// `register-image`.
 #[derive(Debug, Args)]
 pub struct RegisterImage {
-    /// Image name
-    #[arg(long)]
-    pub name: String,
+    /// Image name [default with --image-location: the manifest's]
+    #[arg(long, required_unless_present = "image_location")]
+    pub name: Option<String>,
+    /// An image directory's manifest (image.json) on the hearthd host, imported with its checksums verified
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initrd", "root_image", "root_snapshot_id"])]
+    pub image_location: Option<PathBuf>,
     /// Kernel (bzImage or ELF vmlinux) path on the hearthd host
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
     /// Initrd path on the hearthd host
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
     /// Raw root disk image path on the hearthd host
-    #[arg(long, value_name = "PATH")]
-    pub root_image: PathBuf,
+    #[arg(long, value_name = "PATH", conflicts_with = "root_snapshot_id")]
+    pub root_image: Option<PathBuf>,
+    /// EBS-backed image: the snapshot of its root device (with --kernel)
+    #[arg(long, value_name = "ID")]
+    pub root_snapshot_id: Option<String>,
     /// Default kernel command line
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub command_line: Option<String>,
@@ -425,11 +533,103 @@ pub struct RegisterImage {
     /// Architecture [default: x86_64]
     #[arg(long)]
     pub architecture: Option<String>,
-    /// Block device mappings (as for run-instances)
+    /// Block device mappings (as for run-instances; Ebs={SnapshotId=snap-...} on the root device makes an
+    /// EBS-backed image)
     #[arg(long, num_args = 1.., value_name = "MAPPING")]
     pub block_device_mappings: Vec<String>,
     #[command(flatten)]
     pub dry_run: DryRun,
+}
+
+/// `create-volume`.
+#[derive(Debug, Args)]
+pub struct CreateVolume {
+    /// Availability zone of the new volume
+    #[arg(long, value_name = "ZONE")]
+    pub availability_zone: String,
+    /// Size in GiB [default with --snapshot-id: the snapshot's]
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(i64).range(1..))]
+    pub size: Option<i64>,
+    /// Volume type [default: gp3]
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub volume_type: Option<VolumeType>,
+    /// Provisioned IOPS (gp3: 3000..16000, io1/io2: 100..64000)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub iops: Option<i32>,
+    /// Throughput in MiB/s (gp3: 125..1000)
+    #[arg(long, value_name = "MIBPS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub throughput: Option<i32>,
+    /// Encrypt the volume
+    #[arg(long, conflicts_with = "no_encrypted")]
+    pub encrypted: bool,
+    /// Do not encrypt the volume (the default)
+    #[arg(long)]
+    pub no_encrypted: bool,
+    /// Encryption key ID [default with --encrypted: a new key]
+    #[arg(long, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+    /// Snapshot to create the volume from
+    #[arg(long, value_name = "ID")]
+    pub snapshot_id: Option<String>,
+    /// Tags for the volume: 'ResourceType=volume,Tags=[{Key=Name,Value=data}]'
+    #[arg(long, num_args = 1.., value_name = "SPEC")]
+    pub tag_specifications: Vec<String>,
+    /// Idempotency token: repeating the call with it returns the same volume
+    #[arg(long, value_name = "TOKEN")]
+    pub client_token: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `modify-volume`.
+#[derive(Debug, Args)]
+pub struct ModifyVolume {
+    /// Volume ID
+    #[arg(long, value_name = "ID")]
+    pub volume_id: String,
+    /// New size in GiB (only larger)
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(i64).range(1..))]
+    pub size: Option<i64>,
+    /// New volume type
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub volume_type: Option<VolumeType>,
+    /// New provisioned IOPS
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub iops: Option<i32>,
+    /// New throughput in MiB/s
+    #[arg(long, value_name = "MIBPS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub throughput: Option<i32>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+}
+
+/// `copy-snapshot`.
+#[derive(Debug, Args)]
+pub struct CopySnapshot {
+    /// The snapshot to copy
+    #[arg(long, value_name = "ID")]
+    pub source_snapshot_id: String,
+    /// The source snapshot's region (must be this one)
+    #[arg(long, value_name = "REGION")]
+    pub source_region: Option<String>,
+    /// Description of the copy
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Encrypt the copy
+    #[arg(long)]
+    pub encrypted: bool,
+    /// Encryption key ID of the copy
+    #[arg(long, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+    /// Tags for the copy: 'ResourceType=snapshot,Tags=[{Key=Name,Value=copy}]'
+    #[arg(long, num_args = 1.., value_name = "SPEC")]
+    pub tag_specifications: Vec<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `--instance-initiated-shutdown-behavior`.
@@ -479,6 +679,33 @@ impl RootDeviceType {
         match self {
             RootDeviceType::Ebs => "ebs",
             RootDeviceType::InstanceStore => "instance-store",
+        }
+    }
+}
+
+/// `--volume-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VolumeType {
+    Gp3,
+    Gp2,
+    Io1,
+    Io2,
+    St1,
+    Sc1,
+    Standard,
+}
+
+impl VolumeType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeType::Gp3 => "gp3",
+            VolumeType::Gp2 => "gp2",
+            VolumeType::Io1 => "io1",
+            VolumeType::Io2 => "io2",
+            VolumeType::St1 => "st1",
+            VolumeType::Sc1 => "sc1",
+            VolumeType::Standard => "standard",
         }
     }
 }
@@ -598,6 +825,117 @@ mod tests {
             2
         );
         assert_eq!(exit(&["no-such-command"]), 2);
+    }
+
+    #[test]
+    fn ebs_commands_parse_like_aws() {
+        let cli = parse(&[
+            "detach-volume",
+            "--volume-id",
+            "vol-1",
+            "--instance-id",
+            "i-1",
+            "--force",
+            "--wait",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::DetachVolume {
+                volume_id,
+                instance_id,
+                device,
+                force,
+                wait,
+                ..
+            } => {
+                assert_eq!(volume_id, "vol-1");
+                assert_eq!(instance_id.as_deref(), Some("i-1"));
+                assert_eq!(device, None);
+                assert!(force && wait.wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "describe-snapshots",
+            "--owner-ids",
+            "self",
+            "--snapshot-ids",
+            "snap-1",
+            "snap-2",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::DescribeSnapshots {
+                snapshot_ids,
+                owner_ids,
+                ..
+            } => {
+                assert_eq!(snapshot_ids, ["snap-1", "snap-2"]);
+                assert_eq!(owner_ids, ["self"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (name, volume_type) in [
+            ("gp3", VolumeType::Gp3),
+            ("gp2", VolumeType::Gp2),
+            ("io1", VolumeType::Io1),
+            ("io2", VolumeType::Io2),
+            ("st1", VolumeType::St1),
+            ("sc1", VolumeType::Sc1),
+            ("standard", VolumeType::Standard),
+        ] {
+            let cli = parse(&["modify-volume", "--volume-id", "vol-1", "--volume-type", name]).unwrap();
+            match cli.command {
+                Command::ModifyVolume(args) => {
+                    assert_eq!(args.volume_type, Some(volume_type));
+                    assert_eq!(volume_type.as_str(), name);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ebs_and_image_usage_errors() {
+        let exit = |args: &[&str]| parse(args).unwrap_err().exit_code();
+        assert_eq!(
+            exit(&["create-volume", "--size", "8"]),
+            2,
+            "--availability-zone is required"
+        );
+        let zone = ["create-volume", "--availability-zone", "a"];
+        assert_eq!(exit(&[&zone[..], &["--size", "0"]].concat()), 2);
+        assert_eq!(exit(&[&zone[..], &["--volume-type", "gp4"]].concat()), 2);
+        assert_eq!(exit(&[&zone[..], &["--encrypted", "--no-encrypted"]].concat()), 2);
+        assert_eq!(
+            exit(&["attach-volume", "--volume-id", "vol-1", "--instance-id", "i-1"]),
+            2
+        );
+        assert_eq!(exit(&["copy-snapshot"]), 2);
+        // --name is needed without a manifest; a manifest excludes the kernel, initrd, root image and snapshot.
+        assert_eq!(exit(&["register-image", "--kernel", "/k", "--root-image", "/r"]), 2);
+        for excluded in ["--kernel", "--initrd", "--root-image", "--root-snapshot-id"] {
+            assert_eq!(
+                exit(&["register-image", "--image-location", "/i/image.json", excluded, "x"]),
+                2,
+                "{excluded}"
+            );
+        }
+        assert_eq!(
+            exit(&[
+                "register-image",
+                "--name",
+                "n",
+                "--kernel",
+                "/k",
+                "--root-image",
+                "/r",
+                "--root-snapshot-id",
+                "s"
+            ]),
+            2
+        );
+        assert!(parse(&["register-image", "--image-location", "/i/image.json"]).is_ok());
     }
 
     #[test]

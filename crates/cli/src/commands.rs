@@ -9,7 +9,8 @@ use hearth_api::v1 as api;
 use serde_json::Value;
 
 use crate::cli::{
-    Command, InstanceAttributeName, ModifyInstanceAttribute, OutputFormat, RegisterImage, RunInstances, WaitArgs,
+    Command, CopySnapshot, CreateVolume, InstanceAttributeName, ModifyInstanceAttribute, ModifyVolume, OutputFormat,
+    RegisterImage, RunInstances, WaitArgs,
 };
 use crate::connect::Session;
 use crate::error::CliError;
@@ -53,7 +54,7 @@ fn non_empty(value: Option<String>) -> String {
     value.unwrap_or_default()
 }
 
-/// `--wait` after a state-changing call: `known` is each instance's state as the call reported it.
+/// `--wait` after a state-changing call: `known` is each resource's state as the call reported it.
 async fn wait_if_asked(
     session: &mut Session,
     args: &WaitArgs,
@@ -205,25 +206,103 @@ pub fn modify_instance_attribute_request(
     Ok(request)
 }
 
-/// The RegisterImage request of `register-image`.
+/// The root device name hearthd uses when none is given.
+const DEFAULT_ROOT_DEVICE_NAME: &str = "/dev/xvda";
+
+/// The RegisterImage request of `register-image`: from a manifest (`--image-location`), or from a kernel
+/// and a root disk image or snapshot.
 pub fn register_image_request(args: &RegisterImage) -> Result<api::RegisterImageRequest, CliError> {
-    let path = |flag: &str, path: &Path| -> Result<String, CliError> {
-        Ok(params::absolute_path(flag, path)?.display().to_string())
+    let path = |flag: &str, path: &Option<PathBuf>| -> Result<String, CliError> {
+        match path {
+            Some(path) => Ok(params::absolute_path(flag, path)?.display().to_string()),
+            None => Ok(String::new()),
+        }
     };
+    let block_device_mappings = params::block_device_mappings("--block-device-mappings", &args.block_device_mappings)?;
+    if args.image_location.is_none() {
+        let root_device_name = args.root_device_name.as_deref().unwrap_or(DEFAULT_ROOT_DEVICE_NAME);
+        let mapped_root_snapshot = block_device_mappings.iter().any(|m| {
+            m.device_name == root_device_name && m.ebs.as_ref().is_some_and(|ebs| !ebs.snapshot_id.is_empty())
+        });
+        if args.kernel.is_none() {
+            return Err(CliError::Usage(
+                "register-image: give --image-location PATH (an image.json manifest), or --kernel PATH with \
+                 --root-image PATH or --root-snapshot-id ID"
+                    .into(),
+            ));
+        }
+        if args.root_image.is_none() && args.root_snapshot_id.is_none() && !mapped_root_snapshot {
+            return Err(CliError::Usage(format!(
+                "register-image: --kernel needs a root disk: --root-image PATH, --root-snapshot-id ID, or \
+                 Ebs={{SnapshotId=ID}} for {root_device_name} in --block-device-mappings"
+            )));
+        }
+    }
     Ok(api::RegisterImageRequest {
-        name: args.name.clone(),
+        name: non_empty(args.name.clone()),
         description: non_empty(args.description.clone()),
         architecture: non_empty(args.architecture.clone()),
         kernel_path: path("--kernel", &args.kernel)?,
-        initrd_path: match &args.initrd {
-            Some(initrd) => path("--initrd", initrd)?,
-            None => String::new(),
-        },
+        initrd_path: path("--initrd", &args.initrd)?,
         root_image_path: path("--root-image", &args.root_image)?,
         root_device_name: non_empty(args.root_device_name.clone()),
         root_device_type: args.root_device_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
         command_line: non_empty(args.command_line.clone()),
-        block_device_mappings: params::block_device_mappings("--block-device-mappings", &args.block_device_mappings)?,
+        block_device_mappings,
+        dry_run: args.dry_run.dry_run,
+        image_location: path("--image-location", &args.image_location)?,
+        root_snapshot_id: non_empty(args.root_snapshot_id.clone()),
+    })
+}
+
+/// The CreateVolume request of `create-volume`.
+pub fn create_volume_request(args: &CreateVolume) -> Result<api::CreateVolumeRequest, CliError> {
+    if args.size.is_none() && args.snapshot_id.is_none() {
+        return Err(CliError::Usage(
+            "create-volume: give --size GIB, or --snapshot-id ID (the volume then has the snapshot's size)".into(),
+        ));
+    }
+    Ok(api::CreateVolumeRequest {
+        availability_zone: args.availability_zone.clone(),
+        size_gib: args.size,
+        volume_type: args.volume_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        iops: args.iops,
+        throughput_mibps: args.throughput,
+        encrypted: args.encrypted,
+        snapshot_id: non_empty(args.snapshot_id.clone()),
+        tag_specifications: params::tag_specifications("--tag-specifications", &args.tag_specifications)?,
+        client_token: non_empty(args.client_token.clone()),
+        dry_run: args.dry_run.dry_run,
+        kms_key_id: non_empty(args.kms_key_id.clone()),
+    })
+}
+
+/// The ModifyVolume request of `modify-volume`.
+pub fn modify_volume_request(args: &ModifyVolume) -> Result<api::ModifyVolumeRequest, CliError> {
+    if args.size.is_none() && args.volume_type.is_none() && args.iops.is_none() && args.throughput.is_none() {
+        return Err(CliError::Usage(
+            "modify-volume: give a change: --size GIB, --volume-type TYPE, --iops N or --throughput MIBPS".into(),
+        ));
+    }
+    Ok(api::ModifyVolumeRequest {
+        volume_id: args.volume_id.clone(),
+        size_gib: args.size,
+        volume_type: args.volume_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        iops: args.iops,
+        throughput_mibps: args.throughput,
+        dry_run: args.dry_run.dry_run,
+    })
+}
+
+/// The CopySnapshot request of `copy-snapshot`.
+pub fn copy_snapshot_request(args: &CopySnapshot) -> Result<api::CopySnapshotRequest, CliError> {
+    Ok(api::CopySnapshotRequest {
+        source_snapshot_id: args.source_snapshot_id.clone(),
+        source_region: non_empty(args.source_region.clone()),
+        description: non_empty(args.description.clone()),
+        encrypted: args.encrypted,
+        kms_key_id: non_empty(args.kms_key_id.clone()),
+        tag_specifications: params::tag_specifications("--tag-specifications", &args.tag_specifications)?,
         dry_run: args.dry_run.dry_run,
     })
 }
@@ -567,6 +646,168 @@ pub async fn run(session: &mut Session, format: OutputFormat, command: Command) 
                 || table::tags(&response),
             ))
         }
+        Command::CreateVolume(args) => {
+            let request = create_volume_request(&args)?;
+            let volume = call!(session, create_volume, "CreateVolume", request)?;
+            print(&render(format, || json::volume(&volume), || table::volume(&volume)))?;
+            let known = vec![(volume.volume_id.clone(), wait::volume_state(&volume))];
+            wait_if_asked(session, &args.wait, Goal::VolumeAvailable, known).await
+        }
+        Command::DescribeVolumes { volume_ids, filters } => {
+            let request = api::DescribeVolumesRequest {
+                volume_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_volumes, "DescribeVolumes", request)?;
+            print(&render(
+                format,
+                || json::describe_volumes(&response),
+                || table::volumes(&response),
+            ))
+        }
+        Command::AttachVolume {
+            volume_id,
+            instance_id,
+            device,
+            dry_run,
+            wait,
+        } => {
+            let request = api::AttachVolumeRequest {
+                volume_id,
+                instance_id,
+                device,
+                dry_run: dry_run.dry_run,
+            };
+            let attachment = call!(session, attach_volume, "AttachVolume", request)?;
+            print(&render(
+                format,
+                || json::volume_attachment(&attachment),
+                || table::volume_attachment(&attachment),
+            ))?;
+            let known = vec![(attachment.volume_id.clone(), attachment.state.clone())];
+            wait_if_asked(session, &wait, Goal::VolumeInUse, known).await
+        }
+        Command::DetachVolume {
+            volume_id,
+            instance_id,
+            device,
+            force,
+            dry_run,
+            wait,
+        } => {
+            let request = api::DetachVolumeRequest {
+                volume_id,
+                instance_id: non_empty(instance_id),
+                device: non_empty(device),
+                force,
+                dry_run: dry_run.dry_run,
+            };
+            let attachment = call!(session, detach_volume, "DetachVolume", request)?;
+            print(&render(
+                format,
+                || json::volume_attachment(&attachment),
+                || table::volume_attachment(&attachment),
+            ))?;
+            let known = vec![(attachment.volume_id.clone(), attachment.state.clone())];
+            wait_if_asked(session, &wait, Goal::VolumeAvailable, known).await
+        }
+        Command::DeleteVolume {
+            volume_id,
+            dry_run,
+            wait,
+        } => {
+            let known = vec![(volume_id.clone(), String::new())];
+            let request = api::VolumeIdRequest {
+                volume_id,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_volume, "DeleteVolume", request)?;
+            wait_if_asked(session, &wait, Goal::VolumeDeleted, known).await
+        }
+        Command::ModifyVolume(args) => {
+            let request = modify_volume_request(&args)?;
+            let modification = call!(session, modify_volume, "ModifyVolume", request)?;
+            print(&render(
+                format,
+                || json::modify_volume(&modification),
+                || table::volume_modifications(std::slice::from_ref(&modification)),
+            ))
+        }
+        Command::DescribeVolumesModifications { volume_ids, filters } => {
+            let request = api::DescribeVolumesModificationsRequest {
+                volume_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(
+                session,
+                describe_volumes_modifications,
+                "DescribeVolumesModifications",
+                request
+            )?;
+            print(&render(
+                format,
+                || json::describe_volumes_modifications(&response),
+                || table::volume_modifications(&response.volumes_modifications),
+            ))
+        }
+        Command::CreateSnapshot {
+            volume_id,
+            description,
+            tag_specifications,
+            dry_run,
+            wait,
+        } => {
+            let request = api::CreateSnapshotRequest {
+                volume_id,
+                description: non_empty(description),
+                tag_specifications: params::tag_specifications("--tag-specifications", &tag_specifications)?,
+                dry_run: dry_run.dry_run,
+            };
+            let snapshot = call!(session, create_snapshot, "CreateSnapshot", request)?;
+            print(&render(
+                format,
+                || json::snapshot(&snapshot),
+                || table::snapshots(std::slice::from_ref(&snapshot)),
+            ))?;
+            let known = vec![(snapshot.snapshot_id.clone(), snapshot.state.clone())];
+            wait_if_asked(session, &wait, Goal::SnapshotCompleted, known).await
+        }
+        Command::DescribeSnapshots {
+            snapshot_ids,
+            owner_ids,
+            filters,
+        } => {
+            let request = api::DescribeSnapshotsRequest {
+                snapshot_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+                owner_ids,
+            };
+            let response = call!(session, describe_snapshots, "DescribeSnapshots", request)?;
+            print(&render(
+                format,
+                || json::describe_snapshots(&response),
+                || table::snapshots(&response.snapshots),
+            ))
+        }
+        Command::DeleteSnapshot { snapshot_id, dry_run } => {
+            let request = api::SnapshotIdRequest {
+                snapshot_id,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_snapshot, "DeleteSnapshot", request)?;
+            Ok(())
+        }
+        Command::CopySnapshot(args) => {
+            let request = copy_snapshot_request(&args)?;
+            let response = call!(session, copy_snapshot, "CopySnapshot", request)?;
+            print(&render(
+                format,
+                || json::snapshot_id(&response),
+                || table::single("SNAPSHOT", &response.snapshot_id),
+            ))?;
+            let known = vec![(response.snapshot_id.clone(), String::new())];
+            wait_if_asked(session, &args.wait, Goal::SnapshotCompleted, known).await
+        }
         Command::DescribeRegions => {
             let response = call!(
                 session,
@@ -802,6 +1043,207 @@ mod tests {
         assert_eq!(request.initrd_path, "");
         assert_eq!(request.command_line, "console=ttyS0 root=/dev/vda");
         assert_eq!(request.root_device_type, "instance-store");
+    }
+
+    fn register(args: &[&str]) -> Result<api::RegisterImageRequest, CliError> {
+        let mut full = vec!["register-image"];
+        full.extend_from_slice(args);
+        let Command::RegisterImage(args) = command(&full) else {
+            panic!()
+        };
+        register_image_request(&args)
+    }
+
+    #[test]
+    fn register_image_from_a_manifest_or_a_snapshot() {
+        let request = register(&["--image-location", "images/alpine/image.json"]).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            request.image_location,
+            cwd.join("images/alpine/image.json").display().to_string()
+        );
+        assert_eq!(request.name, "", "the manifest's name");
+        assert_eq!(
+            (request.kernel_path.as_str(), request.root_image_path.as_str()),
+            ("", "")
+        );
+
+        let request = register(&[
+            "--name",
+            "web",
+            "--kernel",
+            "/k/vmlinux",
+            "--root-snapshot-id",
+            "snap-0001",
+        ])
+        .unwrap();
+        assert_eq!(request.root_snapshot_id, "snap-0001");
+        assert_eq!(request.kernel_path, "/k/vmlinux");
+        assert_eq!(request.image_location, "");
+
+        let mapped = register(&[
+            "--name",
+            "web",
+            "--kernel",
+            "/k/vmlinux",
+            "--root-device-name",
+            "/dev/sda1",
+            "--block-device-mappings",
+            "DeviceName=/dev/sda1,Ebs={SnapshotId=snap-0002}",
+        ])
+        .unwrap();
+        assert_eq!(
+            mapped.block_device_mappings[0].ebs.as_ref().unwrap().snapshot_id,
+            "snap-0002"
+        );
+    }
+
+    #[test]
+    fn register_image_needs_a_manifest_or_a_kernel_and_a_root() {
+        let message = |args: &[&str]| {
+            let error = register(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            error.to_string()
+        };
+        assert!(message(&["--name", "x"]).starts_with("register-image: give --image-location PATH"));
+        assert!(
+            message(&["--name", "x", "--root-image", "/r.img"]).starts_with("register-image: give --image-location")
+        );
+        assert_eq!(
+            message(&["--name", "x", "--kernel", "/k"]),
+            "register-image: --kernel needs a root disk: --root-image PATH, --root-snapshot-id ID, or \
+             Ebs={SnapshotId=ID} for /dev/xvda in --block-device-mappings"
+        );
+        // A snapshot mapped to another device is not the root's.
+        assert!(message(&[
+            "--name",
+            "x",
+            "--kernel",
+            "/k",
+            "--block-device-mappings",
+            "DeviceName=/dev/sdf,Ebs={SnapshotId=snap-1}",
+        ])
+        .contains("needs a root disk"));
+    }
+
+    #[test]
+    fn create_volume_request_from_aws_flags() {
+        let Command::CreateVolume(args) = command(&[
+            "create-volume",
+            "--availability-zone",
+            "hearth-1a",
+            "--size",
+            "100",
+            "--volume-type",
+            "io2",
+            "--iops",
+            "4000",
+            "--encrypted",
+            "--kms-key-id",
+            "key-1",
+            "--tag-specifications",
+            "ResourceType=volume,Tags=[{Key=Name,Value=data}]",
+            "--client-token",
+            "tok",
+            "--dry-run",
+        ]) else {
+            panic!()
+        };
+        let request = create_volume_request(&args).unwrap();
+        assert_eq!(
+            request,
+            api::CreateVolumeRequest {
+                availability_zone: "hearth-1a".into(),
+                size_gib: Some(100),
+                volume_type: "io2".into(),
+                iops: Some(4000),
+                throughput_mibps: None,
+                encrypted: true,
+                snapshot_id: String::new(),
+                tag_specifications: vec![api::TagSpecification {
+                    resource_type: "volume".into(),
+                    tags: vec![api::Tag {
+                        key: "Name".into(),
+                        value: "data".into()
+                    }],
+                }],
+                client_token: "tok".into(),
+                dry_run: true,
+                kms_key_id: "key-1".into(),
+            }
+        );
+
+        let Command::CreateVolume(args) = command(&[
+            "create-volume",
+            "--availability-zone",
+            "hearth-1a",
+            "--snapshot-id",
+            "snap-1",
+            "--volume-type",
+            "gp3",
+            "--throughput",
+            "250",
+            "--no-encrypted",
+        ]) else {
+            panic!()
+        };
+        let request = create_volume_request(&args).unwrap();
+        assert_eq!(request.size_gib, None, "the snapshot's size");
+        assert_eq!(request.snapshot_id, "snap-1");
+        assert_eq!(request.throughput_mibps, Some(250));
+        assert!(!request.encrypted);
+
+        let Command::CreateVolume(args) = command(&["create-volume", "--availability-zone", "hearth-1a"]) else {
+            panic!()
+        };
+        assert_eq!(create_volume_request(&args).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn modify_volume_request_needs_a_change() {
+        let modify = |args: &[&str]| {
+            let mut full = vec!["modify-volume", "--volume-id", "vol-1"];
+            full.extend_from_slice(args);
+            let Command::ModifyVolume(args) = command(&full) else {
+                panic!()
+            };
+            modify_volume_request(&args)
+        };
+        let request = modify(&["--size", "16", "--volume-type", "gp2"]).unwrap();
+        assert_eq!(request.volume_id, "vol-1");
+        assert_eq!(request.size_gib, Some(16));
+        assert_eq!(request.volume_type, "gp2");
+        assert_eq!((request.iops, request.throughput_mibps), (None, None));
+        let request = modify(&["--iops", "6000", "--throughput", "500"]).unwrap();
+        assert_eq!((request.iops, request.throughput_mibps), (Some(6000), Some(500)));
+        assert_eq!(request.volume_type, "");
+        assert_eq!(modify(&[]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn copy_snapshot_request_from_aws_flags() {
+        let Command::CopySnapshot(args) = command(&[
+            "copy-snapshot",
+            "--source-snapshot-id",
+            "snap-1",
+            "--source-region",
+            "hearth-1",
+            "--description",
+            "copy of snap-1",
+            "--encrypted",
+            "--tag-specifications",
+            "ResourceType=snapshot,Tags=[{Key=Name,Value=copy}]",
+        ]) else {
+            panic!()
+        };
+        let request = copy_snapshot_request(&args).unwrap();
+        assert_eq!(request.source_snapshot_id, "snap-1");
+        assert_eq!(request.source_region, "hearth-1");
+        assert_eq!(request.description, "copy of snap-1");
+        assert!(request.encrypted);
+        assert_eq!(request.kms_key_id, "");
+        assert_eq!(request.tag_specifications[0].resource_type, "snapshot");
+        assert!(!request.dry_run);
     }
 
     #[test]

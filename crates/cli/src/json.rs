@@ -258,18 +258,46 @@ pub fn describe_instance_types(response: &api::DescribeInstanceTypesResponse) ->
     json!({"InstanceTypes": list(&response.instance_types, info)})
 }
 
-/// One image.
+/// One image. An EBS-backed image's root snapshot also shows in its root device's mapping, as in EC2.
 pub fn image(image: &api::Image) -> Value {
+    let mut mappings = image.block_device_mappings.clone();
+    if !image.root_snapshot_id.is_empty() {
+        let root_name = if image.root_device_name.is_empty() {
+            "/dev/xvda"
+        } else {
+            image.root_device_name.as_str()
+        };
+        let root = match mappings.iter().position(|m| m.device_name == root_name) {
+            Some(i) => &mut mappings[i],
+            None => {
+                mappings.insert(
+                    0,
+                    api::BlockDeviceMapping {
+                        device_name: root_name.to_owned(),
+                        ..Default::default()
+                    },
+                );
+                &mut mappings[0]
+            }
+        };
+        let ebs = root.ebs.get_or_insert_with(Default::default);
+        if ebs.snapshot_id.is_empty() {
+            ebs.snapshot_id = image.root_snapshot_id.clone();
+        }
+    }
     Obj::new()
         .s("Architecture", &image.architecture)
         .s("CreationDate", &image.creation_date)
         .s("ImageId", &image.image_id)
+        .s("ImageLocation", &image.image_location)
         .s("Name", &image.name)
         .s("Description", &image.description)
         .s("State", &image.state)
         .s("RootDeviceName", &image.root_device_name)
         .s("RootDeviceType", &image.root_device_type)
-        .v("BlockDeviceMappings", list(&image.block_device_mappings, block_device))
+        .v("BlockDeviceMappings", list(&mappings, block_device))
+        .s("RootSnapshotId", &image.root_snapshot_id)
+        .s("ManifestDigest", &image.manifest_digest)
         .s("CommandLine", &image.command_line)
         .v("RootSizeBytes", image.root_size_bytes)
         .list("Tags", &image.tags, tag)
@@ -355,6 +383,118 @@ pub fn describe_availability_zones(response: &api::DescribeAvailabilityZonesResp
             .done()
     };
     json!({"AvailabilityZones": list(&response.availability_zones, zone)})
+}
+
+/// AttachVolume and DetachVolume: the attachment.
+pub fn volume_attachment(attachment: &api::VolumeAttachment) -> Value {
+    Obj::new()
+        .s("AttachTime", &attachment.attach_time)
+        .s("Device", &attachment.device)
+        .s("InstanceId", &attachment.instance_id)
+        .s("State", &attachment.state)
+        .s("VolumeId", &attachment.volume_id)
+        .done()
+}
+
+/// A positive number, or nothing (IOPS and throughput of the volume types without them).
+fn positive<T: Into<i64> + Copy>(value: T) -> Option<i64> {
+    Some(value.into()).filter(|v| *v > 0)
+}
+
+/// One volume, as CreateVolume prints it and as in `Volumes[]`.
+pub fn volume(volume: &api::Volume) -> Value {
+    let attachment = |a: &api::VolumeAttachment| {
+        Obj::new()
+            .s("AttachTime", &a.attach_time)
+            .s("Device", &a.device)
+            .s("InstanceId", &a.instance_id)
+            .s("State", &a.state)
+            .s("VolumeId", &a.volume_id)
+            .v("DeleteOnTermination", a.delete_on_termination)
+            .done()
+    };
+    Obj::new()
+        .v("Attachments", list(&volume.attachments, attachment))
+        .s("AvailabilityZone", &volume.availability_zone)
+        .s("CreateTime", &volume.create_time)
+        .v("Encrypted", volume.encrypted)
+        .s("KmsKeyId", &volume.kms_key_id)
+        .v("Size", volume.size_gib)
+        .s("SnapshotId", &volume.snapshot_id)
+        .s("State", &volume.state)
+        .s("VolumeId", &volume.volume_id)
+        .opt("Iops", positive(volume.iops))
+        .s("VolumeType", &volume.volume_type)
+        .opt("Throughput", positive(volume.throughput_mibps))
+        .s("HostId", &volume.host_id)
+        .list("Tags", &volume.tags, tag)
+        .done()
+}
+
+/// DescribeVolumes.
+pub fn describe_volumes(response: &api::DescribeVolumesResponse) -> Value {
+    json!({"Volumes": list(&response.volumes, volume)})
+}
+
+/// One volume modification, as in `VolumesModifications[]`.
+pub fn volume_modification(modification: &api::VolumeModification) -> Value {
+    let m = modification;
+    Obj::new()
+        .s("VolumeId", &m.volume_id)
+        .s("ModificationState", &m.modification_state)
+        .s("StatusMessage", &m.status_message)
+        .v("TargetSize", m.target_size_gib)
+        .opt("TargetIops", positive(m.target_iops))
+        .s("TargetVolumeType", &m.target_volume_type)
+        .opt("TargetThroughput", positive(m.target_throughput_mibps))
+        .v("OriginalSize", m.original_size_gib)
+        .opt("OriginalIops", positive(m.original_iops))
+        .s("OriginalVolumeType", &m.original_volume_type)
+        .opt("OriginalThroughput", positive(m.original_throughput_mibps))
+        .v("Progress", m.progress)
+        .s("StartTime", &m.start_time)
+        .s("EndTime", &m.end_time)
+        .done()
+}
+
+/// ModifyVolume.
+pub fn modify_volume(modification: &api::VolumeModification) -> Value {
+    json!({"VolumeModification": volume_modification(modification)})
+}
+
+/// DescribeVolumesModifications.
+pub fn describe_volumes_modifications(response: &api::DescribeVolumesModificationsResponse) -> Value {
+    json!({"VolumesModifications": list(&response.volumes_modifications, volume_modification)})
+}
+
+/// One snapshot, as CreateSnapshot prints it and as in `Snapshots[]`.
+pub fn snapshot(snapshot: &api::Snapshot) -> Value {
+    Obj::new()
+        .s("Description", &snapshot.description)
+        .v("Encrypted", snapshot.encrypted)
+        .s("KmsKeyId", &snapshot.kms_key_id)
+        .s("OwnerId", &snapshot.owner_id)
+        .s("Progress", &snapshot.progress)
+        .s("SnapshotId", &snapshot.snapshot_id)
+        .s("StartTime", &snapshot.start_time)
+        .s("State", &snapshot.state)
+        .s("StateMessage", &snapshot.state_message)
+        .s("VolumeId", &snapshot.volume_id)
+        .v("VolumeSize", snapshot.volume_size_gib)
+        .list("Tags", &snapshot.tags, tag)
+        .v("FullSnapshotSizeInBytes", snapshot.full_snapshot_size_bytes)
+        .v("StoredBytes", snapshot.stored_bytes)
+        .done()
+}
+
+/// DescribeSnapshots.
+pub fn describe_snapshots(response: &api::DescribeSnapshotsResponse) -> Value {
+    json!({"Snapshots": list(&response.snapshots, snapshot)})
+}
+
+/// CopySnapshot.
+pub fn snapshot_id(response: &api::SnapshotId) -> Value {
+    json!({"SnapshotId": response.snapshot_id})
 }
 
 /// JSON text as aws prints it: four-space indentation, a final newline.
@@ -523,6 +663,270 @@ pub(crate) mod tests {
             super::image(&image)["BlockDeviceMappings"],
             json!([{"DeviceName": "/dev/xvda", "Ebs": {
                 "DeleteOnTermination": true, "VolumeSize": 8, "VolumeType": "gp3", "Encrypted": false
+            }}])
+        );
+    }
+
+    /// A gp3 volume attached to an instance, shared with the table tests.
+    pub fn sample_volume() -> api::Volume {
+        api::Volume {
+            volume_id: "vol-0001".into(),
+            size_gib: 16,
+            volume_type: "gp3".into(),
+            iops: 3000,
+            throughput_mibps: 125,
+            availability_zone: "hearth-1a".into(),
+            state: "in-use".into(),
+            create_time: "2026-01-02T03:04:05Z".into(),
+            encrypted: true,
+            kms_key_id: "key-0001".into(),
+            snapshot_id: "snap-0001".into(),
+            attachments: vec![api::VolumeAttachment {
+                volume_id: "vol-0001".into(),
+                instance_id: "i-0abc".into(),
+                device: "/dev/sdf".into(),
+                state: "attached".into(),
+                attach_time: "2026-01-02T03:05:00Z".into(),
+                delete_on_termination: false,
+            }],
+            tags: vec![api::Tag {
+                key: "Name".into(),
+                value: "data".into(),
+            }],
+            host_id: String::new(),
+        }
+    }
+
+    /// A completed snapshot, shared with the table tests.
+    pub fn sample_snapshot() -> api::Snapshot {
+        api::Snapshot {
+            snapshot_id: "snap-0002".into(),
+            volume_id: "vol-0001".into(),
+            state: "completed".into(),
+            state_message: String::new(),
+            start_time: "2026-01-02T04:00:00Z".into(),
+            progress: "100%".into(),
+            volume_size_gib: 16,
+            description: "nightly".into(),
+            encrypted: false,
+            kms_key_id: String::new(),
+            owner_id: "000000000000".into(),
+            tags: vec![],
+            stored_bytes: 3 << 20,
+            full_snapshot_size_bytes: 5 << 20,
+        }
+    }
+
+    #[test]
+    fn volumes_use_ec2_names() {
+        let response = api::DescribeVolumesResponse {
+            volumes: vec![sample_volume()],
+        };
+        assert_eq!(
+            describe_volumes(&response),
+            json!({"Volumes": [{
+                "Attachments": [{
+                    "AttachTime": "2026-01-02T03:05:00Z",
+                    "Device": "/dev/sdf",
+                    "InstanceId": "i-0abc",
+                    "State": "attached",
+                    "VolumeId": "vol-0001",
+                    "DeleteOnTermination": false
+                }],
+                "AvailabilityZone": "hearth-1a",
+                "CreateTime": "2026-01-02T03:04:05Z",
+                "Encrypted": true,
+                "KmsKeyId": "key-0001",
+                "Size": 16,
+                "SnapshotId": "snap-0001",
+                "State": "in-use",
+                "VolumeId": "vol-0001",
+                "Iops": 3000,
+                "VolumeType": "gp3",
+                "Throughput": 125,
+                "Tags": [{"Key": "Name", "Value": "data"}]
+            }]})
+        );
+        // A new, empty gp2 volume: no attachments, snapshot, key, throughput or tags.
+        let created = api::Volume {
+            volume_id: "vol-0002".into(),
+            size_gib: 8,
+            volume_type: "gp2".into(),
+            iops: 100,
+            availability_zone: "hearth-1a".into(),
+            state: "creating".into(),
+            create_time: "2026-01-02T03:04:05Z".into(),
+            host_id: "host-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            volume(&created),
+            json!({
+                "Attachments": [],
+                "AvailabilityZone": "hearth-1a",
+                "CreateTime": "2026-01-02T03:04:05Z",
+                "Encrypted": false,
+                "Size": 8,
+                "State": "creating",
+                "VolumeId": "vol-0002",
+                "Iops": 100,
+                "VolumeType": "gp2",
+                "HostId": "host-1"
+            })
+        );
+    }
+
+    #[test]
+    fn attachment_is_printed_as_aws_does() {
+        let mut attachment = sample_volume().attachments.remove(0);
+        attachment.state = "attaching".into();
+        attachment.delete_on_termination = true;
+        assert_eq!(
+            volume_attachment(&attachment),
+            json!({
+                "AttachTime": "2026-01-02T03:05:00Z",
+                "Device": "/dev/sdf",
+                "InstanceId": "i-0abc",
+                "State": "attaching",
+                "VolumeId": "vol-0001"
+            })
+        );
+    }
+
+    #[test]
+    fn volume_modifications_use_ec2_names() {
+        let modification = api::VolumeModification {
+            volume_id: "vol-0001".into(),
+            modification_state: "optimizing".into(),
+            status_message: String::new(),
+            target_size_gib: 32,
+            target_iops: 6000,
+            target_volume_type: "gp3".into(),
+            target_throughput_mibps: 250,
+            original_size_gib: 16,
+            original_iops: 3000,
+            original_volume_type: "gp3".into(),
+            original_throughput_mibps: 125,
+            progress: 40,
+            start_time: "2026-01-02T05:00:00Z".into(),
+            end_time: String::new(),
+        };
+        let expected = json!({
+            "VolumeId": "vol-0001",
+            "ModificationState": "optimizing",
+            "TargetSize": 32,
+            "TargetIops": 6000,
+            "TargetVolumeType": "gp3",
+            "TargetThroughput": 250,
+            "OriginalSize": 16,
+            "OriginalIops": 3000,
+            "OriginalVolumeType": "gp3",
+            "OriginalThroughput": 125,
+            "Progress": 40,
+            "StartTime": "2026-01-02T05:00:00Z"
+        });
+        assert_eq!(modify_volume(&modification), json!({"VolumeModification": expected}));
+        let done = api::VolumeModification {
+            modification_state: "completed".into(),
+            progress: 100,
+            end_time: "2026-01-02T05:01:00Z".into(),
+            ..modification
+        };
+        let response = api::DescribeVolumesModificationsResponse {
+            volumes_modifications: vec![done],
+        };
+        let value = describe_volumes_modifications(&response);
+        let listed = &value["VolumesModifications"][0];
+        assert_eq!(listed["ModificationState"], "completed");
+        assert_eq!(listed["Progress"], 100);
+        assert_eq!(listed["EndTime"], "2026-01-02T05:01:00Z");
+    }
+
+    #[test]
+    fn snapshots_use_ec2_names() {
+        let response = api::DescribeSnapshotsResponse {
+            snapshots: vec![sample_snapshot()],
+        };
+        assert_eq!(
+            describe_snapshots(&response),
+            json!({"Snapshots": [{
+                "Description": "nightly",
+                "Encrypted": false,
+                "OwnerId": "000000000000",
+                "Progress": "100%",
+                "SnapshotId": "snap-0002",
+                "StartTime": "2026-01-02T04:00:00Z",
+                "State": "completed",
+                "VolumeId": "vol-0001",
+                "VolumeSize": 16,
+                "FullSnapshotSizeInBytes": 5242880,
+                "StoredBytes": 3145728
+            }]})
+        );
+        let failed = api::Snapshot {
+            state: "error".into(),
+            state_message: "the volume's host went away".into(),
+            ..sample_snapshot()
+        };
+        assert_eq!(snapshot(&failed)["StateMessage"], "the volume's host went away");
+        let copied = api::SnapshotId {
+            snapshot_id: "snap-0003".into(),
+        };
+        assert_eq!(snapshot_id(&copied), json!({"SnapshotId": "snap-0003"}));
+    }
+
+    #[test]
+    fn images_show_their_location_and_root_snapshot() {
+        let imported = api::Image {
+            image_id: "ami-1".into(),
+            image_location: "/srv/images/alpine/image.json".into(),
+            manifest_digest: "ab".repeat(32),
+            ..Default::default()
+        };
+        let value = super::image(&imported);
+        assert_eq!(value["ImageLocation"], "/srv/images/alpine/image.json");
+        assert_eq!(value["ManifestDigest"], "ab".repeat(32));
+        assert_eq!(value.get("RootSnapshotId"), None);
+        assert_eq!(value["BlockDeviceMappings"], json!([]));
+
+        // EBS-backed: the snapshot goes into the root device's mapping, made when missing.
+        let ebs_backed = api::Image {
+            image_id: "ami-2".into(),
+            root_device_name: "/dev/xvda".into(),
+            root_snapshot_id: "snap-0001".into(),
+            block_device_mappings: vec![api::BlockDeviceMapping {
+                device_name: "/dev/sdb".into(),
+                virtual_name: "ephemeral0".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let value = super::image(&ebs_backed);
+        assert_eq!(value["RootSnapshotId"], "snap-0001");
+        assert_eq!(
+            value["BlockDeviceMappings"],
+            json!([
+                {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-0001", "Encrypted": false}},
+                {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}
+            ])
+        );
+        // A root mapping already there keeps its settings and gains the snapshot.
+        let mapped = api::Image {
+            block_device_mappings: vec![api::BlockDeviceMapping {
+                device_name: "/dev/xvda".into(),
+                ebs: Some(api::EbsBlockDevice {
+                    volume_size_gib: Some(8),
+                    delete_on_termination: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..ebs_backed
+        };
+        assert_eq!(
+            super::image(&mapped)["BlockDeviceMappings"],
+            json!([{"DeviceName": "/dev/xvda", "Ebs": {
+                "DeleteOnTermination": true, "SnapshotId": "snap-0001", "VolumeSize": 8, "Encrypted": false
             }}])
         );
     }

@@ -237,7 +237,7 @@ pub fn instance_types(response: &api::DescribeInstanceTypesResponse) -> Table {
 
 /// DescribeImages.
 pub fn images(response: &api::DescribeImagesResponse) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "STATE", "ROOT", "SIZE", "CREATED"]);
+    let mut table = Table::new(&["ID", "NAME", "STATE", "ROOT", "SIZE", "SNAPSHOT", "CREATED", "LOCATION"]);
     for image in &response.images {
         let size = if image.root_size_bytes > 0 {
             mebibytes(image.root_size_bytes >> 20)
@@ -250,7 +250,148 @@ pub fn images(response: &api::DescribeImagesResponse) -> Table {
             image.state.clone(),
             image.root_device_type.clone(),
             size,
+            image.root_snapshot_id.clone(),
             image.creation_date.clone(),
+            image.image_location.clone(),
+        ]);
+    }
+    table
+}
+
+/// `8` GiB → `8 GiB`.
+fn gibibytes(gib: i64) -> String {
+    format!("{gib} GiB")
+}
+
+/// A byte count in the largest binary unit it reaches: `0 B`, `512 B`, `1.5 KiB`, `12 MiB`.
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = "B";
+    for next in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+const VOLUME_COLUMNS: &[&str] = &["ID", "SIZE", "TYPE", "STATE", "AZ", "INSTANCE", "DEVICE", "NAME"];
+
+fn volume_row(table: &mut Table, volume: &api::Volume) {
+    let attachment = volume.attachments.first();
+    table.row(vec![
+        volume.volume_id.clone(),
+        gibibytes(volume.size_gib),
+        volume.volume_type.clone(),
+        volume.state.clone(),
+        volume.availability_zone.clone(),
+        attachment.map(|a| a.instance_id.clone()).unwrap_or_default(),
+        attachment.map(|a| a.device.clone()).unwrap_or_default(),
+        tag_value(&volume.tags, "Name"),
+    ]);
+}
+
+/// CreateVolume: the new volume.
+pub fn volume(volume: &api::Volume) -> Table {
+    let mut table = Table::new(VOLUME_COLUMNS);
+    volume_row(&mut table, volume);
+    table
+}
+
+/// DescribeVolumes: one row per volume.
+pub fn volumes(response: &api::DescribeVolumesResponse) -> Table {
+    let mut table = Table::new(VOLUME_COLUMNS);
+    for volume in &response.volumes {
+        volume_row(&mut table, volume);
+    }
+    table
+}
+
+/// AttachVolume and DetachVolume.
+pub fn volume_attachment(attachment: &api::VolumeAttachment) -> Table {
+    let mut table = Table::new(&["VOLUME", "INSTANCE", "DEVICE", "STATE", "ATTACHED"]);
+    table.row(vec![
+        attachment.volume_id.clone(),
+        attachment.instance_id.clone(),
+        attachment.device.clone(),
+        attachment.state.clone(),
+        attachment.attach_time.clone(),
+    ]);
+    table
+}
+
+/// `original → target`, or the value alone when it does not change (empty for 0 → 0).
+fn change<T: PartialEq + std::fmt::Display + Default>(original: T, target: T) -> String {
+    if original == target {
+        if target == T::default() {
+            String::new()
+        } else {
+            target.to_string()
+        }
+    } else {
+        format!("{original} → {target}")
+    }
+}
+
+/// ModifyVolume and DescribeVolumesModifications: one row per modification.
+pub fn volume_modifications(modifications: &[api::VolumeModification]) -> Table {
+    let mut table = Table::new(&[
+        "VOLUME",
+        "STATE",
+        "SIZE-GIB",
+        "TYPE",
+        "IOPS",
+        "THROUGHPUT",
+        "PROGRESS",
+        "STARTED",
+    ]);
+    for m in modifications {
+        table.row(vec![
+            m.volume_id.clone(),
+            m.modification_state.clone(),
+            change(m.original_size_gib, m.target_size_gib),
+            change(m.original_volume_type.clone(), m.target_volume_type.clone()),
+            change(m.original_iops, m.target_iops),
+            change(m.original_throughput_mibps, m.target_throughput_mibps),
+            format!("{}%", m.progress),
+            m.start_time.clone(),
+        ]);
+    }
+    table
+}
+
+/// CreateSnapshot and DescribeSnapshots: one row per snapshot.
+pub fn snapshots(snapshots: &[api::Snapshot]) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "VOLUME",
+        "STATE",
+        "PROGRESS",
+        "SIZE",
+        "STORED",
+        "STARTED",
+        "DESCRIPTION",
+    ]);
+    for snapshot in snapshots {
+        table.row(vec![
+            snapshot.snapshot_id.clone(),
+            snapshot.volume_id.clone(),
+            snapshot.state.clone(),
+            snapshot.progress.clone(),
+            gibibytes(snapshot.volume_size_gib),
+            bytes(snapshot.stored_bytes),
+            snapshot.start_time.clone(),
+            snapshot.description.clone(),
         ]);
     }
     table
@@ -319,7 +460,7 @@ pub fn availability_zones(response: &api::DescribeAvailabilityZonesResponse) -> 
     table
 }
 
-/// A single value under one column (RegisterImage's image ID).
+/// A single value under one column (RegisterImage's image ID, CopySnapshot's snapshot ID).
 pub fn single(column: &'static str, value: &str) -> Table {
     let mut table = Table::new(&[column]);
     table.row(vec![value.to_owned()]);
@@ -329,7 +470,7 @@ pub fn single(column: &'static str, value: &str) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::tests::sample_instances;
+    use crate::json::tests::{sample_instances, sample_snapshot, sample_volume};
 
     #[test]
     fn instances_table_is_aligned() {
@@ -396,6 +537,107 @@ i-0def456  stopped  t3.micro  hearth-1a  ami-0001  -         2026-01-02T03:04:05
 TYPE       FAMILY   VCPUS  MEMORY  INSTANCE-STORE  NETWORK   EBS       BURSTABLE
 m5d.large  general  2      8 GiB   1 x 75 GiB      750 Mbps  650 Mbps  no
 "
+        );
+    }
+
+    #[test]
+    fn volumes_show_their_attachment() {
+        let mut detached = sample_volume();
+        detached.volume_id = "vol-0002".into();
+        detached.size_gib = 100;
+        detached.volume_type = "io2".into();
+        detached.state = "available".into();
+        detached.attachments.clear();
+        detached.tags.clear();
+        let response = api::DescribeVolumesResponse {
+            volumes: vec![sample_volume(), detached],
+        };
+        assert_eq!(
+            volumes(&response).render(),
+            "\
+ID        SIZE     TYPE  STATE      AZ         INSTANCE  DEVICE    NAME
+vol-0001  16 GiB   gp3   in-use     hearth-1a  i-0abc    /dev/sdf  data
+vol-0002  100 GiB  io2   available  hearth-1a  -         -         -
+"
+        );
+        assert_eq!(
+            volume_attachment(&sample_volume().attachments[0]).render_text(),
+            "vol-0001\ti-0abc\t/dev/sdf\tattached\t2026-01-02T03:05:00Z\n"
+        );
+    }
+
+    #[test]
+    fn modifications_show_what_changes() {
+        let modification = api::VolumeModification {
+            volume_id: "vol-0001".into(),
+            modification_state: "modifying".into(),
+            target_size_gib: 32,
+            target_iops: 3000,
+            target_volume_type: "gp3".into(),
+            original_size_gib: 16,
+            original_iops: 3000,
+            original_volume_type: "gp2".into(),
+            progress: 10,
+            start_time: "2026-01-02T05:00:00Z".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            volume_modifications(&[modification]).render(),
+            "\
+VOLUME    STATE      SIZE-GIB  TYPE       IOPS  THROUGHPUT  PROGRESS  STARTED
+vol-0001  modifying  16 → 32   gp2 → gp3  3000  -           10%       2026-01-02T05:00:00Z
+"
+        );
+    }
+
+    #[test]
+    fn snapshots_table() {
+        let pending = api::Snapshot {
+            snapshot_id: "snap-0003".into(),
+            state: "pending".into(),
+            progress: "45%".into(),
+            description: String::new(),
+            stored_bytes: 0,
+            ..sample_snapshot()
+        };
+        assert_eq!(
+            snapshots(&[sample_snapshot(), pending]).render(),
+            "\
+ID         VOLUME    STATE      PROGRESS  SIZE    STORED  STARTED               DESCRIPTION
+snap-0002  vol-0001  completed  100%      16 GiB  3 MiB   2026-01-02T04:00:00Z  nightly
+snap-0003  vol-0001  pending    45%       16 GiB  0 B     2026-01-02T04:00:00Z  -
+"
+        );
+    }
+
+    #[test]
+    fn byte_counts_are_readable() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(12 << 20), "12 MiB");
+        assert_eq!(bytes((5 << 30) + (1 << 29)), "5.5 GiB");
+        assert_eq!(bytes(3 << 40), "3 TiB");
+    }
+
+    #[test]
+    fn images_show_snapshot_and_location() {
+        let response = api::DescribeImagesResponse {
+            images: vec![api::Image {
+                image_id: "ami-1".into(),
+                name: "alpine".into(),
+                state: "available".into(),
+                root_device_type: "ebs".into(),
+                root_size_bytes: 1 << 30,
+                root_snapshot_id: "snap-1".into(),
+                creation_date: "2026-01-02T03:04:05Z".into(),
+                image_location: "/srv/alpine/image.json".into(),
+                ..Default::default()
+            }],
+        };
+        assert_eq!(
+            images(&response).render_text(),
+            "ami-1\talpine\tavailable\tebs\t1 GiB\tsnap-1\t2026-01-02T03:04:05Z\t/srv/alpine/image.json\n"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The `hearth` binary against an in-process fake `Compute` service on a Unix socket: connection, token,
 //! output formats, `--wait`, error text and exit codes. (Tests against a real hearthd live elsewhere.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -20,11 +20,29 @@ struct FakeInstance {
     name: String,
 }
 
+/// One fake volume or snapshot: what it is now, and what each following Describe shows (None: gone).
+struct Scripted<T> {
+    now: T,
+    then: VecDeque<Option<T>>,
+}
+
+impl<T: Clone> Scripted<T> {
+    fn new(now: T, then: impl IntoIterator<Item = Option<T>>) -> Self {
+        Scripted {
+            now,
+            then: then.into_iter().collect(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct FakeState {
     instances: BTreeMap<String, FakeInstance>,
+    volumes: BTreeMap<String, Scripted<Volume>>,
+    snapshots: BTreeMap<String, Scripted<Snapshot>>,
     authorization: Vec<String>,
     launched: u32,
+    created: u32,
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +90,89 @@ fn not_found(id: &str) -> Status {
     Status::not_found(format!(
         "InvalidInstanceID.NotFound: The instance ID '{id}' does not exist"
     ))
+}
+
+fn volume_not_found(id: &str) -> Status {
+    Status::not_found(format!("InvalidVolume.NotFound: The volume '{id}' does not exist."))
+}
+
+fn volume(id: &str, state: &str, attachment: Option<(&str, &str)>) -> Volume {
+    Volume {
+        volume_id: id.into(),
+        size_gib: 8,
+        volume_type: "gp3".into(),
+        iops: 3000,
+        throughput_mibps: 125,
+        availability_zone: "hearth-1a".into(),
+        state: state.into(),
+        create_time: "2026-01-02T03:04:05Z".into(),
+        attachments: attachment
+            .map(|(instance_id, state)| VolumeAttachment {
+                volume_id: id.into(),
+                instance_id: instance_id.into(),
+                device: "/dev/sdf".into(),
+                state: state.into(),
+                attach_time: "2026-01-02T03:04:06Z".into(),
+                delete_on_termination: false,
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn snapshot(id: &str, volume_id: &str, state: &str, progress: &str, message: &str) -> Snapshot {
+    Snapshot {
+        snapshot_id: id.into(),
+        volume_id: volume_id.into(),
+        state: state.into(),
+        state_message: message.into(),
+        start_time: "2026-01-02T03:04:05Z".into(),
+        progress: progress.into(),
+        volume_size_gib: 8,
+        owner_id: "000000000000".into(),
+        ..Default::default()
+    }
+}
+
+/// The current versions of the scripted `ids` (all when empty), each moved one step along its script.
+fn describe<T: Clone>(
+    all: &mut BTreeMap<String, Scripted<T>>,
+    ids: &[String],
+    not_found: fn(&str) -> Status,
+) -> Result<Vec<T>, Status> {
+    if let Some(unknown) = ids.iter().find(|id| !all.contains_key(*id)) {
+        return Err(not_found(unknown));
+    }
+    let mut out = Vec::new();
+    let mut gone = Vec::new();
+    for (id, scripted) in all.iter_mut() {
+        if !ids.is_empty() && !ids.contains(id) {
+            continue;
+        }
+        match scripted.then.pop_front() {
+            Some(Some(next)) => scripted.now = next,
+            Some(None) => {
+                gone.push(id.clone());
+                continue;
+            }
+            None => {}
+        }
+        out.push(scripted.now.clone());
+    }
+    for id in gone {
+        all.remove(&id);
+    }
+    Ok(out)
+}
+
+fn dry_run(dry_run: bool) -> Result<(), Status> {
+    if dry_run {
+        return Err(Status::failed_precondition(
+            "DryRunOperation: the fake says it would work",
+        ));
+    }
+    Ok(())
 }
 
 fn unimplemented<T>() -> Reply<T> {
@@ -307,6 +408,151 @@ impl Compute for Fake {
     }
 
     async fn describe_tags(&self, _: Request<DescribeTagsRequest>) -> Reply<DescribeTagsResponse> {
+        unimplemented()
+    }
+
+    async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Reply<Volume> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        let mut state = self.0.lock().unwrap();
+        state.created += 1;
+        let id = format!("vol-{:04}", state.created);
+        let mut created = volume(&id, "creating", None);
+        created.size_gib = request.size_gib.unwrap_or(8);
+        created.availability_zone = request.availability_zone;
+        let available = Volume {
+            state: "available".into(),
+            ..created.clone()
+        };
+        state.volumes.insert(
+            id,
+            Scripted::new(created.clone(), [Some(created.clone()), Some(available)]),
+        );
+        Ok(Response::new(created))
+    }
+
+    async fn describe_volumes(&self, request: Request<DescribeVolumesRequest>) -> Reply<DescribeVolumesResponse> {
+        let request = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        let volumes = describe(&mut state.volumes, &request.volume_ids, volume_not_found)?;
+        Ok(Response::new(DescribeVolumesResponse { volumes }))
+    }
+
+    async fn attach_volume(&self, request: Request<AttachVolumeRequest>) -> Reply<VolumeAttachment> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        let mut state = self.0.lock().unwrap();
+        let id = request.volume_id.as_str();
+        if !state.volumes.contains_key(id) {
+            return Err(volume_not_found(id));
+        }
+        let instance = request.instance_id.as_str();
+        let attaching = volume(id, "in-use", Some((instance, "attaching")));
+        // i-bad's guest never takes the device: the attachment goes away.
+        let last = if instance == "i-bad" {
+            volume(id, "available", None)
+        } else {
+            volume(id, "in-use", Some((instance, "attached")))
+        };
+        let attachment = attaching.attachments[0].clone();
+        state.volumes.insert(
+            id.into(),
+            Scripted::new(attaching.clone(), [Some(attaching), Some(last)]),
+        );
+        Ok(Response::new(attachment))
+    }
+
+    async fn detach_volume(&self, request: Request<DetachVolumeRequest>) -> Reply<VolumeAttachment> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        let mut state = self.0.lock().unwrap();
+        let id = request.volume_id.as_str();
+        if !state.volumes.contains_key(id) {
+            return Err(volume_not_found(id));
+        }
+        let detaching = volume(id, "in-use", Some(("i-1", "detaching")));
+        let attachment = detaching.attachments[0].clone();
+        state.volumes.insert(
+            id.into(),
+            Scripted::new(
+                detaching.clone(),
+                [Some(detaching), Some(volume(id, "available", None))],
+            ),
+        );
+        Ok(Response::new(attachment))
+    }
+
+    async fn delete_volume(&self, request: Request<VolumeIdRequest>) -> Reply<Empty> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        let mut state = self.0.lock().unwrap();
+        let id = request.volume_id.as_str();
+        if !state.volumes.contains_key(id) {
+            return Err(volume_not_found(id));
+        }
+        let deleting = volume(id, "deleting", None);
+        state
+            .volumes
+            .insert(id.into(), Scripted::new(deleting.clone(), [Some(deleting), None]));
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn modify_volume(&self, request: Request<ModifyVolumeRequest>) -> Reply<VolumeModification> {
+        let request = request.into_inner();
+        Ok(Response::new(VolumeModification {
+            volume_id: request.volume_id,
+            modification_state: "modifying".into(),
+            target_size_gib: request.size_gib.unwrap_or(8),
+            target_volume_type: "gp3".into(),
+            original_size_gib: 8,
+            original_volume_type: "gp3".into(),
+            start_time: "2026-01-02T03:04:05Z".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn describe_volumes_modifications(
+        &self,
+        _: Request<DescribeVolumesModificationsRequest>,
+    ) -> Reply<DescribeVolumesModificationsResponse> {
+        unimplemented()
+    }
+
+    async fn create_snapshot(&self, request: Request<CreateSnapshotRequest>) -> Reply<Snapshot> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        let mut state = self.0.lock().unwrap();
+        state.created += 1;
+        let id = format!("snap-{:04}", state.created);
+        let volume_id = request.volume_id.as_str();
+        let pending = snapshot(&id, volume_id, "pending", "0%", "");
+        // vol-broken's snapshot fails.
+        let last = if volume_id == "vol-broken" {
+            snapshot(&id, volume_id, "error", "50%", "the volume's host went away")
+        } else {
+            snapshot(&id, volume_id, "completed", "100%", "")
+        };
+        let halfway = snapshot(&id, volume_id, "pending", "50%", "");
+        state
+            .snapshots
+            .insert(id, Scripted::new(pending.clone(), [Some(halfway), Some(last)]));
+        Ok(Response::new(pending))
+    }
+
+    async fn describe_snapshots(&self, request: Request<DescribeSnapshotsRequest>) -> Reply<DescribeSnapshotsResponse> {
+        let request = request.into_inner();
+        let mut state = self.0.lock().unwrap();
+        let not_found =
+            |id: &str| Status::not_found(format!("InvalidSnapshot.NotFound: The snapshot '{id}' does not exist."));
+        let snapshots = describe(&mut state.snapshots, &request.snapshot_ids, not_found)?;
+        Ok(Response::new(DescribeSnapshotsResponse { snapshots }))
+    }
+
+    async fn delete_snapshot(&self, _: Request<SnapshotIdRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn copy_snapshot(&self, _: Request<CopySnapshotRequest>) -> Reply<SnapshotId> {
         unimplemented()
     }
 
@@ -648,6 +894,226 @@ async fn usage_errors_exit_2_before_connecting() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_wait_through_create_attach_detach_and_delete() {
+    let server = Server::start("volumes").await;
+    let out = server
+        .hearth(&[
+            "create-volume",
+            "--availability-zone",
+            "hearth-1a",
+            "--size",
+            "16",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "ID        SIZE    TYPE  STATE     AZ         INSTANCE  DEVICE  NAME\n\
+         vol-0001  16 GiB  gp3   creating  hearth-1a  -         -       -\n"
+    );
+    assert!(out.stderr.contains("vol-0001 creating → available ("), "{}", out.stderr);
+
+    let out = server
+        .hearth(&[
+            "attach-volume",
+            "--volume-id",
+            "vol-0001",
+            "--instance-id",
+            "i-1",
+            "--device",
+            "/dev/sdf",
+            "--output",
+            "json",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "AttachTime": "2026-01-02T03:04:06Z",
+            "Device": "/dev/sdf",
+            "InstanceId": "i-1",
+            "State": "attaching",
+            "VolumeId": "vol-0001"
+        })
+    );
+    assert!(out.stderr.contains("vol-0001 attaching → attached ("), "{}", out.stderr);
+
+    let out = server
+        .hearth(&["detach-volume", "--volume-id", "vol-0001", "--wait", "--output", "text"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "vol-0001\ti-1\t/dev/sdf\tdetaching\t2026-01-02T03:04:06Z\n");
+    assert!(
+        out.stderr.contains("vol-0001 detaching → available ("),
+        "{}",
+        out.stderr
+    );
+
+    let out = server
+        .hearth(&["delete-volume", "--volume-id", "vol-0001", "--wait"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("vol-0001 deleting → deleted ("), "{}", out.stderr);
+    assert!(server.fake.0.lock().unwrap().volumes.is_empty());
+
+    let out = server.hearth(&["describe-volumes", "--volume-ids", "vol-0001"]).await;
+    assert_eq!(out.code, 254);
+    assert!(
+        out.stderr.contains(
+            "An error occurred (InvalidVolume.NotFound) when calling the DescribeVolumes operation: \
+             The volume 'vol-0001' does not exist."
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attachment_fails_the_wait() {
+    let server = Server::start("attach-fail").await;
+    let out = server
+        .hearth(&[
+            "create-volume",
+            "--availability-zone",
+            "hearth-1a",
+            "--size",
+            "1",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server
+        .hearth(&[
+            "attach-volume",
+            "--volume-id",
+            "vol-0001",
+            "--instance-id",
+            "i-bad",
+            "--device",
+            "/dev/sdf",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Waiter for state in-use failed: vol-0001 is available"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_wait_until_completed_or_fail_with_their_message() {
+    let server = Server::start("snapshots").await;
+    let out = server
+        .hearth(&[
+            "create-snapshot",
+            "--volume-id",
+            "vol-1",
+            "--description",
+            "nightly",
+            "--output",
+            "json",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["SnapshotId"], "snap-0001");
+    assert_eq!(json["State"], "pending");
+    assert_eq!(json["VolumeSize"], 8);
+    assert!(out.stderr.contains("snap-0001 pending → completed ("), "{}", out.stderr);
+
+    let out = server
+        .hearth(&["create-snapshot", "--volume-id", "vol-broken", "--wait"])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Waiter for state completed failed: snap-0002 is error: the volume's host went away"),
+        "{}",
+        out.stderr
+    );
+
+    let out = server.hearth(&["describe-snapshots", "--output", "text"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("snap-0001\tvol-1\tcompleted\t100%\t8 GiB\t0 B\t2026-01-02T03:04:05Z\t\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modify_volume_prints_the_modification() {
+    let server = Server::start("modify").await;
+    let out = server
+        .hearth(&["modify-volume", "--volume-id", "vol-1", "--size", "16"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "VOLUME  STATE      SIZE-GIB  TYPE  IOPS  THROUGHPUT  PROGRESS  STARTED\n\
+         vol-1   modifying  8 → 16    gp3   -     -           0%        2026-01-02T03:04:05Z\n"
+    );
+    let out = server
+        .hearth(&["modify-volume", "--volume-id", "vol-1", "--output", "json"])
+        .await;
+    assert_eq!(out.code, 2, "no change given: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn ebs_and_image_usage_errors_exit_2_before_connecting() {
+    let endpoint = "unix:/nonexistent/hearthd.sock";
+    let out = hearth(&[
+        "create-volume",
+        "--availability-zone",
+        "hearth-1a",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("create-volume: give --size GIB"), "{}", out.stderr);
+    let out = hearth(&["register-image", "--name", "x", "--endpoint", endpoint]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("register-image: give --image-location PATH"),
+        "{}",
+        out.stderr
+    );
+    let out = hearth(&[
+        "register-image",
+        "--image-location",
+        "/srv/images/alpine/image.json",
+        "--kernel",
+        "/srv/vmlinux",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2, "--image-location excludes --kernel: {}", out.stderr);
+    let out = hearth(&[
+        "create-volume",
+        "--availability-zone",
+        "a",
+        "--volume-type",
+        "gp9",
+        "--size",
+        "1",
+    ])
+    .await;
+    assert_eq!(out.code, 2);
 }
 
 /// Runs `openssl` with `args` in `dir`; false when openssl is missing or fails.
