@@ -20,3 +20,19 @@ hearth_apt_install() {
     "${sudo[@]}" apt-get update >&2
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
 }
+
+# hearth_moto_server: prints the path of moto_server (an S3-compatible server from PyPI,
+# for the image and snapshot stores' S3 tests), installing it into a venv under
+# $HEARTH_CACHE/venv when missing. Idempotent.
+hearth_moto_server() {
+    local venv=$HEARTH_CACHE/venv
+    if [[ ! -e $venv/.hearth-complete || ! -x $venv/bin/moto_server ]]; then
+        hearth_apt_install python3-venv python3-pip
+        echo "hearth: installing moto[server] into $venv" >&2
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet 'moto[server]' >&2
+        touch "$venv/.hearth-complete"
+    fi
+    echo "$venv/bin/moto_server"
+}

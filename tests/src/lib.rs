@@ -4,6 +4,8 @@
 //! fails.
 #![allow(missing_docs)]
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -15,6 +15,7 @@ mod digest;
 mod error;
 pub mod manifest;
 pub mod store;
+pub mod testing;
 pub mod transport;
 
 pub use crate::digest::{is_sha256_hex, sha256_file};

@@ -6,106 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use common::{list_recursive, pseudo_random, write_image, TempDir};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{list_recursive, pseudo_random, write_image, TempDir};
+use hearth_image::testing::Moto;
 use hearth_image::{BlockingImageStore, ImageError, ImageStore, Manifest};
-
-const INSTALL: &str = "python3 -m venv ~/.cache/hearth/venv && ~/.cache/hearth/venv/bin/pip install 'moto[server]'";
-
-fn moto_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("HEARTH_MOTO_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let venv = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hearth/venv/bin/moto_server"));
-    if let Some(venv) = venv.filter(|p| p.is_file()) {
-        return Some(venv);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("moto_server"))
-        .find(|p| p.is_file())
-}
-
-/// A moto server on a free loopback port, stopped on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Option<Moto> {
-        let Some(program) = moto_server() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("moto_server is missing (CI=true): install it with `{INSTALL}`");
-            }
-            eprintln!("SKIPPED: moto_server not found; install it with `{INSTALL}` to run the S3 test");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while moto.request("GET", "/", b"").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {port} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(moto)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A plain HTTP/1.1 request (moto does not check signatures): status and body.
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).ok()?;
-        stream.write_all(body).ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).ok()?;
-        let text = String::from_utf8_lossy(&response);
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        Some((status, response[body_at..].to_vec()))
-    }
-
-    fn put(&self, path: &str, body: &[u8]) {
-        let (status, text) = self.request("PUT", path, body).expect("moto answers");
-        assert_eq!(status, 200, "PUT {path}: {}", String::from_utf8_lossy(&text));
-    }
-
-    fn get(&self, path: &str) -> String {
-        let (status, text) = self.request("GET", path, b"").expect("moto answers");
-        assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&text));
-        String::from_utf8(text).unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_import_download_and_refusal() {
