@@ -89,7 +89,9 @@ def main():
         os.remove(qcow)
         drop_caches()
         restore_cp = os.path.join(work, "restore-cp.img")
-        cp_restore_s = timed(["cp", volume, restore_cp])
+        # The restore fsyncs what it wrote before it renames the file into place: so does the
+        # baseline (cp, then sync of that file).
+        cp_restore_s = timed(["sh", "-c", 'cp "$0" "$1" && sync "$1"', volume, restore_cp])
         cp_mib_s = 1024 / cp_restore_s
         os.remove(restore_cp)
         os.remove(cp_copy)
@@ -108,7 +110,7 @@ def main():
              f"qcow2 {qemu_bytes / MIB:.1f} MiB", f"{inc_bytes / qemu_bytes:.3f}", ""),
             ("first (full) snapshot of the volume", f"{result['create_full_s']:.2f}", "s", "", "", ""),
             ("restore a snapshot (chunks verified)", f"{result['restore_mib_s']:.0f}", "MiB/s",
-             f"cp {cp_mib_s:.0f} MiB/s", f"{result['restore_mib_s'] / cp_mib_s:.2f}", ">= 0.5"),
+             f"cp + sync {cp_mib_s:.0f} MiB/s", f"{result['restore_mib_s'] / cp_mib_s:.2f}", ">= 0.5"),
         ]
         limit = 500
         measured = None
