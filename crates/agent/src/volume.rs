@@ -271,13 +271,19 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_volume_is_never_overwritten() {
+    fn an_existing_volume_is_never_overwritten_only_grown() {
         let dir = Scratch::new("keep");
         let source = dir.0.join("source.img");
         sparse_image(&source);
         std::fs::write(dir.0.join("vol-2.img"), b"guest data").unwrap();
+        // ModifyVolume grew it: the file grows (sparse), the data stays.
         let path = ensure_volume(&dir.0, &volume("vol-2", &source, 64 << 20)).unwrap();
-        assert_eq!(std::fs::read(path).unwrap(), b"guest data");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!((bytes.len(), &bytes[..10]), (64 << 20, &b"guest data"[..]));
+        assert!(bytes[10..].iter().all(|b| *b == 0));
+        // Never shrunk.
+        ensure_volume(&dir.0, &volume("vol-2", &source, 1 << 20)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 20);
     }
 
     #[test]

@@ -362,6 +362,21 @@ pub(crate) fn require_ids(ids: &[String]) -> Ec2Result<()> {
 }
 
 /// Checks tags the EC2 way: key 1–128 characters, not `aws:`, value up to 256.
+/// The tags of a new volume or snapshot (TagSpecifications), checked.
+pub(crate) fn resource_tags(tags: &[(String, String)]) -> Ec2Result<crate::model::Tags> {
+    let mut out = crate::model::Tags::new();
+    for (key, value) in tags {
+        check_tag(key, value)?;
+        out.insert(key.clone(), value.clone());
+    }
+    if out.len() > MAX_TAGS {
+        return Err(Ec2Error::TagLimitExceeded(format!(
+            "More than {MAX_TAGS} tags on one resource"
+        )));
+    }
+    Ok(out)
+}
+
 pub(crate) fn check_tag(key: &str, value: &str) -> Ec2Result<()> {
     if key.is_empty() || key.chars().count() > 128 {
         return Err(Ec2Error::InvalidParameterValue(format!(

@@ -21,11 +21,11 @@ use hearth_snapshot::{CreateRequest, SnapshotStore};
 
 use super::instances::dry_run;
 use super::volumes::volume;
-use super::{check_tag, Engine, MAX_TAGS};
+use super::Engine;
 use crate::error::{Ec2Error, Ec2Result};
 use crate::filter::{self, Filter, Values};
 use crate::ids::IdKind;
-use crate::model::{ImageState, InstanceState, SnapshotRecord, SnapshotState, Tags, Volume, VolumeState, GIB};
+use crate::model::{ImageState, InstanceState, SnapshotRecord, SnapshotState, Volume, VolumeState, GIB};
 use crate::store::Changes;
 
 /// CopySnapshot.
@@ -60,20 +60,9 @@ const SNAPSHOT_FILTERS: &[&str] = &[
 
 /// How long a VMM control request may take (a `snapshot-disk` copies dirty chunks).
 const SNAPSHOT_DISK_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn tags_of(tags: &[(String, String)]) -> Ec2Result<Tags> {
-    let mut out = Tags::new();
-    for (key, value) in tags {
-        check_tag(key, value)?;
-        out.insert(key.clone(), value.clone());
-    }
-    if out.len() > MAX_TAGS {
-        return Err(Ec2Error::TagLimitExceeded(format!(
-            "More than {MAX_TAGS} tags on one resource"
-        )));
-    }
-    Ok(out)
-}
+/// How long the start of hearthd waits for a VMM to resume a guest that an interrupted
+/// snapshot paused (longer only while the VMM still copies dirty chunks for it).
+const RECOVER_RESUME_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn store_error(operation: &str, error: hearth_snapshot::Error) -> Ec2Error {
     Ec2Error::io(operation.to_string(), std::io::Error::other(error.to_string()))
@@ -130,16 +119,54 @@ impl Engine {
             snapshots: stale.clone(),
             ..Changes::default()
         };
+        // The VMMs that may still hold a guest paused for one of them (the first snapshot of
+        // a running volume reads its live file with the vCPUs stopped), and their copies.
+        let mut leftovers = Vec::new();
         for snapshot in &stale {
             if let Some(volume) = inner.state.volumes.get(&snapshot.volume_id) {
                 changes.volumes.push(Volume {
                     dirty_base: None,
                     ..volume.clone()
                 });
+                if !self.options.volume_files.reaches(&volume.host_id) {
+                    continue;
+                }
+                let socket = volume
+                    .attachment
+                    .as_ref()
+                    .and_then(|a| inner.state.instances.get(&a.instance_id))
+                    .filter(|i| !matches!(i.state, InstanceState::Stopped | InstanceState::Terminated))
+                    .map(|i| self.options.volume_files.control_socket(&i.host_id, &i.id));
+                let frozen = self
+                    .options
+                    .volume_files
+                    .volume_path(&volume.host_id, &volume.id)
+                    .with_file_name(format!(".{}.frozen", snapshot.id));
+                leftovers.push((socket, frozen));
             }
         }
         self.commit(&mut inner, changes)?;
         drop(inner);
+        for (socket, frozen) in leftovers {
+            if let Some(socket) = socket {
+                // Harmless when the guest was not paused; fails at once when no VMM runs.
+                let request = serde_json::json!({"cmd": "resume"}).to_string();
+                match hearth_agent::control::request_blocking(&socket, &request, RECOVER_RESUME_TIMEOUT) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(e) => eprintln!("hearthd: cannot resume the VMM at {}: {e}", socket.display()),
+                }
+            }
+            let mut partial = frozen.clone().into_os_string();
+            partial.push(".partial");
+            for file in [frozen, PathBuf::from(partial)] {
+                let _ = std::fs::remove_file(file);
+            }
+        }
         if !stale.is_empty() {
             if let Ok(store) = self.snapshot_store() {
                 if let Err(e) = store.gc() {
@@ -158,7 +185,7 @@ impl Engine {
         tags: &[(String, String)],
         dry: bool,
     ) -> Ec2Result<SnapshotRecord> {
-        let tags = tags_of(tags)?;
+        let tags = super::resource_tags(tags)?;
         if description.len() > 255 {
             return Err(Ec2Error::InvalidParameterValue(
                 "The description is limited to 255 characters".to_string(),
@@ -613,7 +640,7 @@ impl Engine {
                 request.source_region, self.options.region
             )));
         }
-        let tags = tags_of(&request.tags)?;
+        let tags = super::resource_tags(&request.tags)?;
         let mut inner = self.lock();
         let source = inner
             .state

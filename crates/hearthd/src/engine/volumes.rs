@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::instances::dry_run;
-use super::{check_tag, Engine, State, MAX_TAGS};
+use super::{Engine, State};
 use crate::error::{Ec2Error, Ec2Result};
 use crate::filter::{self, Filter, Values};
 use crate::ids::IdKind;
@@ -125,20 +125,6 @@ pub(crate) fn volume<'a>(state: &'a State, id: &str) -> Ec2Result<&'a Volume> {
         .ok_or_else(|| Ec2Error::VolumeNotFound(id.to_string()))
 }
 
-fn volume_tags(tags: &[(String, String)]) -> Ec2Result<Tags> {
-    let mut out = Tags::new();
-    for (key, value) in tags {
-        check_tag(key, value)?;
-        out.insert(key.clone(), value.clone());
-    }
-    if out.len() > MAX_TAGS {
-        return Err(Ec2Error::TagLimitExceeded(format!(
-            "More than {MAX_TAGS} tags on one resource"
-        )));
-    }
-    Ok(out)
-}
-
 /// The attachment state EC2 shows for a volume in use.
 pub fn attachment_state(volume: &Volume) -> &'static str {
     match volume.state {
@@ -184,7 +170,7 @@ impl Engine {
         if request.availability_zone.is_empty() {
             return Err(Ec2Error::MissingParameter("AvailabilityZone".into()));
         }
-        let tags = volume_tags(&request.tags)?;
+        let tags = super::resource_tags(&request.tags)?;
         let volume_type = if request.volume_type.is_empty() {
             "gp3".to_string()
         } else {
