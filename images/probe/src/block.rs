@@ -215,6 +215,53 @@ pub fn seqwrite(disk: &mut Device, mib: u64, start: u64, scratch: Option<u64>) {
     say!("seqwrite ", Dec(mib), " MiB status=", Status(status));
 }
 
+/// Data segments (of 1 MiB, each its own part of the scratch area) per `blk-pattern` request.
+pub const PATTERN_SEGMENTS: usize = 16;
+/// First bytes of every sector `blk-pattern` writes.
+const PATTERN_MAGIC: &[u8; 8] = b"HEARTHPT";
+
+/// The `blk-pattern=<MiB>[@<MiB>][#<seed>]` op: like `blk-seqwrite`, but every sector
+/// written is distinct: `HEARTHPT`, then its sector number and `seed` as little-endian
+/// u64s, zeros after that. Requests of up to 16 MiB come from 16 different 1 MiB parts of
+/// the scratch area (the caller checks it is RAM); then FLUSH.
+pub fn pattern(disk: &mut Device, mib: u64, start: u64, seed: u64) {
+    let seg_limit = match disk.seg_max {
+        0 => MAX_SEGMENTS,
+        n => n as usize,
+    };
+    let queue_room = usize::from(disk.queue_size(0)).saturating_sub(2);
+    let per_request = seg_limit.min(PATTERN_SEGMENTS).min(queue_room).max(1);
+    let sectors_per_mib = (1 << 20) / u64::from(SECTOR);
+    let magic = u64::from_le_bytes(*PATTERN_MAGIC);
+    let mut segments = [Buf::NONE; PATTERN_SEGMENTS];
+    for (i, segment) in segments.iter_mut().enumerate() {
+        *segment = Buf::readable(SCRATCH_ADDR + i as u64 * SCRATCH_LEN, SCRATCH_LEN as u32);
+    }
+    let mut done = 0u64;
+    let mut status = Some(0);
+    while done < mib && status == Some(0) {
+        let count = usize::try_from(mib - done).map_or(per_request, |n| n.min(per_request));
+        let first_sector = start.saturating_add(done).saturating_mul(sectors_per_mib);
+        for k in 0..count as u64 * sectors_per_mib {
+            let words = (SCRATCH_ADDR + k * u64::from(SECTOR)) as *mut u64;
+            // SAFETY: the scratch area is RAM the probe uses for nothing else (checked by the
+            // caller), identity mapped, and no request using it is in flight.
+            unsafe {
+                words.write_volatile(magic);
+                words.add(1).write_volatile(first_sector.wrapping_add(k));
+                words.add(2).write_volatile(seed);
+            }
+        }
+        let data = segments.get(..count).unwrap_or(&[]);
+        status = request(disk, 0, T_OUT, first_sector, data, WAIT_POLLS);
+        done += count as u64;
+    }
+    if status == Some(0) && disk.has(BLK_F_FLUSH) {
+        status = request(disk, 0, T_FLUSH, 0, &[], WAIT_POLLS);
+    }
+    say!("pattern ", Dec(mib), " MiB status=", Status(status));
+}
+
 /// Size of one `blk-iops` read.
 const IOPS_READ: u32 = 4096;
 /// `blk-iops` prints a progress line after every this many reads.

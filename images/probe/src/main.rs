@@ -88,6 +88,12 @@ fn first(devices: &mut [Device], id: u32) -> Option<&mut Device> {
     devices.iter_mut().find(|d| d.ready && d.id == id)
 }
 
+/// The `n`-th (from 0) initialised block device, as numbered by `probe: block <k>`.
+fn nth_block(devices: &mut [Device], n: u64) -> Option<&mut Device> {
+    let n = usize::try_from(n).ok()?;
+    devices.iter_mut().filter(|d| d.ready && d.id == ID_BLOCK).nth(n)
+}
+
 /// Runs one op of `probe.ops=`; ops that end the VM do not return.
 fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
     if let Some(arg) = op.strip_prefix(b"blk-seqwrite=") {
@@ -105,6 +111,40 @@ fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
             }
             (None, _, _) | (_, None, _) => say!("unknown op ", op),
             (_, _, None) => say!("seqwrite failed no block device"),
+        }
+        return;
+    }
+    if let Some(arg) = op.strip_prefix(b"blk-pattern=") {
+        // `<MiB>` or `<MiB>@<start MiB>`, each optionally followed by `#<seed>`.
+        let (arg, seed) = match cmdline::split_once(arg, b'#') {
+            Some((arg, seed)) => (arg, cmdline::parse_u64(seed)),
+            None => (arg, Some(0)),
+        };
+        let (size, start) = match cmdline::split_once(arg, b'@') {
+            Some((size, start)) => (cmdline::parse_u64(size), cmdline::parse_u64(start)),
+            None => (cmdline::parse_u64(arg), Some(0)),
+        };
+        match (size, start, seed, first(devices, ID_BLOCK)) {
+            (Some(mib), Some(start), Some(seed), Some(disk)) => {
+                let scratch = block::PATTERN_SEGMENTS as u64 * block::SCRATCH_LEN;
+                if boot.is_ram(block::SCRATCH_ADDR, scratch) {
+                    block::pattern(disk, mib, start, seed)
+                } else {
+                    say!("blk-pattern failed no scratch RAM")
+                }
+            }
+            (_, _, _, None) => say!("blk-pattern failed no block device"),
+            _ => say!("unknown op ", op),
+        }
+        return;
+    }
+    if let Some(index) = op.strip_prefix(b"blk-counter@") {
+        match cmdline::parse_u64(index) {
+            Some(n) => match nth_block(devices, n) {
+                Some(disk) => block::counter(disk),
+                None => say!("blk-counter failed no block device ", Dec(n)),
+            },
+            None => say!("unknown op ", op),
         }
         return;
     }

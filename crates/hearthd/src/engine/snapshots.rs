@@ -6,8 +6,9 @@
 //! gives a crash-consistent point-in-time copy of the chunks written since the volume's
 //! last snapshot (`snapshot-disk` on its control socket: I/O quiesced, a reflink or a copy
 //! of the dirty chunks, the dirty bitmap reset), and only those chunks are read; the others
-//! come from the previous snapshot's manifest. Without a usable previous snapshot, the
-//! guest is paused while every chunk is read. A volume no VMM runs is read from its file
+//! come from the previous snapshot's manifest. Without a usable previous snapshot the copy
+//! is read whole when it is complete (a reflink, or every chunk dirty); otherwise the guest
+//! is paused while every chunk of the live file is read. A volume no VMM runs is read from its file
 //! while starts of its instance are refused (IncorrectInstanceState).
 //!
 //! The record is `pending` until the store holds the manifest; a hearthd killed in the
@@ -424,32 +425,35 @@ impl Engine {
             }
         }
         let _cleanup = Cleanup(&frozen);
-        match parent {
-            Some(parent) => {
-                let answer = ctl(serde_json::json!({
-                    "cmd": "snapshot-disk", "disk": disk_id, "out": frozen.display().to_string()
-                }))?;
-                let dirty = parse_dirty(&answer)?;
-                let request = Self::create_request(record, volume, &frozen, Some(dirty), Some(parent));
-                store.create(request).map_err(|e| store_error("take the snapshot", e))
-            }
-            None => {
-                // No previous snapshot to take clean chunks from: pause the guest, reset the
-                // bitmap (flushing the disk), read every chunk of the live file, resume.
-                ctl(serde_json::json!({"cmd": "pause"}))?;
-                let result = ctl(serde_json::json!({
-                    "cmd": "snapshot-disk", "disk": disk_id, "out": frozen.display().to_string()
-                }))
-                .and_then(|_| {
-                    let request = Self::create_request(record, volume, volume_path, None, None);
-                    store.create(request).map_err(|e| store_error("take the snapshot", e))
-                });
-                let resumed = ctl(serde_json::json!({"cmd": "resume"}));
-                let outcome = result?;
-                resumed?;
-                Ok(outcome)
-            }
+        let answer = ctl(serde_json::json!({
+            "cmd": "snapshot-disk", "disk": disk_id, "out": frozen.display().to_string()
+        }))?;
+        let dirty = parse_dirty(&answer)?;
+        if let Some(parent) = parent {
+            // Clean chunks come from the previous snapshot, dirty ones from the copy.
+            let request = Self::create_request(record, volume, &frozen, Some(dirty), Some(parent));
+            return store.create(request).map_err(|e| store_error("take the snapshot", e));
         }
+        let chunks = hearth_snapshot::chunk_count(volume.size_bytes(), hearth_snapshot::CHUNK_BYTES);
+        let dirty_chunks: u64 = dirty.iter().map(|(_, count)| count).sum();
+        if answer["method"] == "reflink" || dirty_chunks >= chunks {
+            // The point-in-time copy is complete (a reflink, or every chunk was dirty, as
+            // after a VMM start without a bitmap): read it all, the guest runs on.
+            let request = Self::create_request(record, volume, &frozen, None, None);
+            return store.create(request).map_err(|e| store_error("take the snapshot", e));
+        }
+        // The copy holds only some chunks and no previous snapshot has the others: pause the
+        // guest and read every chunk of the live file (writes since the copy are marked dirty
+        // again, so the next snapshot still has them), then resume.
+        ctl(serde_json::json!({"cmd": "pause"}))?;
+        let result = {
+            let request = Self::create_request(record, volume, volume_path, None, None);
+            store.create(request).map_err(|e| store_error("take the snapshot", e))
+        };
+        let resumed = ctl(serde_json::json!({"cmd": "resume"}));
+        let outcome = result?;
+        resumed?;
+        Ok(outcome)
     }
 
     /// Restores `snapshot` into `volume`'s file in the background; the volume becomes
