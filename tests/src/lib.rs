@@ -225,7 +225,8 @@ impl Cloud {
         )
     }
 
-    fn wait_for_zone(&self) {
+    /// Waits until a zone is available with a host (hearthd answers and its agent synced).
+    pub fn wait_for_zone(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let zones = self.block_on(async {

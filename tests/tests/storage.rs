@@ -216,29 +216,7 @@ fn counters_after(cloud: &Cloud, id: &str, mark: usize) -> Vec<u64> {
 /// hearthd restarted on the same data directory, once its host is back.
 fn restart_hearthd(cloud: &mut Cloud) {
     cloud.start_hearthd();
-    let deadline = Instant::now() + T;
-    loop {
-        let zones = cloud.block_on(async {
-            let mut client = cloud.client().await;
-            client
-                .describe_availability_zones(DescribeAvailabilityZonesRequest::default())
-                .await
-        });
-        if zones.is_ok_and(|z| {
-            z.get_ref()
-                .availability_zones
-                .iter()
-                .any(|z| z.state == "available" && z.hosts > 0)
-        }) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hearthd did not come back:\n{}",
-            cloud.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cloud.wait_for_zone();
 }
 
 /// The sector `blk-pattern` writes at `sector` with `seed`.
