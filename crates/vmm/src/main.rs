@@ -28,7 +28,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn control_client(args: &[String]) -> i32 {
     use std::io::{BufRead, Write};
     let [socket, request @ ..] = args else {
-        eprintln!("usage: hearth-vmm ctl SOCKET info|power-button|shutdown [TIMEOUT_MS]|pause|resume|kill");
+        eprintln!(
+            "usage: hearth-vmm ctl SOCKET info|power-button|shutdown [TIMEOUT_MS]|pause|resume|kill\n\
+             \x20      hearth-vmm ctl SOCKET '{{\"cmd\":\"dirty-info\",\"disk\":\"ID\"}}'\n\
+             \x20      hearth-vmm ctl SOCKET '{{\"cmd\":\"snapshot-disk\",\"disk\":\"ID\",\"out\":\"/abs/path\"}}'"
+        );
         return STATUS_CONFIG_ERROR;
     };
     let line = match request {
