@@ -5,9 +5,11 @@
 //! channel, TLS between hosts), which gives it to hearth-vmm in a 0600 file in the
 //! instance's run directory.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Ec2Error, Ec2Result};
 use crate::ids::fill_random;
@@ -15,10 +17,21 @@ use crate::ids::fill_random;
 /// Bytes in a key (two AES-256 keys for XTS).
 pub const KEY_BYTES: usize = 64;
 
-/// The key directory.
-#[derive(Debug, Clone)]
+/// The key directory, with the keys read so far kept in memory (keys never change once
+/// written, and every Sync answer for a host with encrypted volumes carries them).
+#[derive(Clone)]
 pub struct KeyStore {
     dir: PathBuf,
+    loaded: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    /// The directory only: never key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 fn well_formed(key_id: &str) -> bool {
@@ -33,7 +46,10 @@ fn well_formed(key_id: &str) -> bool {
 impl KeyStore {
     /// Keys in `dir` (created when the first key is).
     pub fn new(dir: impl Into<PathBuf>) -> KeyStore {
-        KeyStore { dir: dir.into() }
+        KeyStore {
+            dir: dir.into(),
+            loaded: Arc::default(),
+        }
     }
 
     fn path(&self, key_id: &str) -> PathBuf {
@@ -85,12 +101,16 @@ impl KeyStore {
         well_formed(key_id) && self.path(key_id).is_file()
     }
 
-    /// The key bytes.
+    /// The key bytes (read from its file once).
     pub fn load(&self, key_id: &str) -> Ec2Result<Vec<u8>> {
         if !well_formed(key_id) {
             return Err(Ec2Error::InvalidParameterValue(format!(
                 "Invalid KMS key id '{key_id}'"
             )));
+        }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = loaded.get(key_id) {
+            return Ok(key.clone());
         }
         let path = self.path(key_id);
         let key = std::fs::read(&path).map_err(|e| Ec2Error::io(format!("read the key {}", path.display()), e))?;
@@ -100,6 +120,7 @@ impl KeyStore {
                 std::io::Error::other(format!("{} bytes, expected {KEY_BYTES}", key.len())),
             ));
         }
+        loaded.insert(key_id.to_string(), key.clone());
         Ok(key)
     }
 

@@ -291,20 +291,10 @@ impl Engine {
     }
 
     fn take_snapshot(&self, store: Arc<SnapshotStore>, record: SnapshotRecord, volume: Volume, source: Source) {
-        let parent = volume.dirty_base.as_ref().and_then(|base| {
-            let inner = self.lock();
-            inner
-                .state
-                .snapshots
-                .get(base)
-                .filter(|s| s.state == SnapshotState::Completed)?;
-            drop(inner);
-            store.get(base).ok()
-        });
         let volume_path = self.options.volume_files.volume_path(&volume.host_id, &volume.id);
         let result = match &source {
             Source::File => {
-                let result = self.snapshot_file(&store, &record, &volume, &volume_path, parent.as_ref());
+                let result = self.snapshot_file(&store, &record, &volume, &volume_path);
                 self.busy_volumes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -312,6 +302,16 @@ impl Engine {
                 result
             }
             Source::Vmm { socket, disk_id } => {
+                // The snapshot the VMM's dirty bitmap is relative to, if it still exists.
+                let parent = volume.dirty_base.as_ref().and_then(|base| {
+                    let completed = self
+                        .lock()
+                        .state
+                        .snapshots
+                        .get(base)
+                        .is_some_and(|s| s.state == SnapshotState::Completed);
+                    completed.then(|| store.get(base).ok()).flatten()
+                });
                 self.snapshot_running(&store, &record, &volume, &volume_path, socket, disk_id, parent.as_ref())
             }
         };
@@ -385,7 +385,6 @@ impl Engine {
         record: &SnapshotRecord,
         volume: &Volume,
         path: &std::path::Path,
-        _parent: Option<&hearth_snapshot::Manifest>,
     ) -> Ec2Result<hearth_snapshot::CreateReport> {
         // As the agent does at a start: created from its source if missing, grown (sparse)
         // to the volume's size after a ModifyVolume.
