@@ -140,6 +140,7 @@
 #![deny(missing_docs)]
 
 mod compile;
+pub mod imds;
 pub mod ipam;
 pub mod model;
 pub mod netns;
