@@ -406,6 +406,7 @@ impl Agent {
             vcpus: host.vcpus,
             memory_mib: host.memory_mib,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..HostInfo::default()
         }
     }
 

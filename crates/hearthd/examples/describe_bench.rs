@@ -45,6 +45,7 @@ fn main() {
         vcpus: 1_000_000,
         memory_mib: 1 << 40,
         agent_version: "bench".into(),
+        ..HostReport::default()
     };
     engine.report(&host, &[]).unwrap();
     let image = engine

@@ -130,6 +130,78 @@ pub enum Ec2Error {
     /// Too many tags on a resource.
     #[error("{0}")]
     TagLimitExceeded(String),
+    /// A VPC that does not exist.
+    #[error("The vpc ID '{0}' does not exist")]
+    VpcNotFound(String),
+    /// A malformed VPC ID.
+    #[error("Invalid id: \"{0}\" (expecting \"vpc-...\")")]
+    VpcIdMalformed(String),
+    /// A VPC CIDR that is not allowed.
+    #[error("{0}")]
+    VpcRange(String),
+    /// A subnet that does not exist.
+    #[error("The subnet ID '{0}' does not exist")]
+    SubnetNotFound(String),
+    /// A malformed subnet ID.
+    #[error("Invalid id: \"{0}\" (expecting \"subnet-...\")")]
+    SubnetIdMalformed(String),
+    /// A subnet CIDR outside its VPC or too small/large.
+    #[error("{0}")]
+    SubnetRange(String),
+    /// A subnet CIDR overlapping another subnet.
+    #[error("{0}")]
+    SubnetConflict(String),
+    /// Something still depends on the resource (DeleteVpc, DeleteSubnet).
+    #[error("{0}")]
+    DependencyViolation(String),
+    /// A private address that is taken.
+    #[error("{0}")]
+    AddressInUse(String),
+    /// No free address left in a subnet (or in the public pool).
+    #[error("{0}")]
+    InsufficientFreeAddresses(String),
+    /// A security group that does not exist.
+    #[error("The security group '{0}' does not exist")]
+    GroupNotFound(String),
+    /// A malformed security group ID.
+    #[error("Invalid id: \"{0}\" (expecting \"sg-...\")")]
+    GroupIdMalformed(String),
+    /// A group name already used in the VPC.
+    #[error("The security group '{0}' already exists")]
+    GroupDuplicate(String),
+    /// A group that instances or other groups' rules still use.
+    #[error("{0}")]
+    GroupInUse(String),
+    /// A group reserved name or other refused group request.
+    #[error("{0}")]
+    GroupReserved(String),
+    /// A rule that exists already (Authorize).
+    #[error("{0}")]
+    PermissionDuplicate(String),
+    /// A rule that does not exist (Revoke).
+    #[error("{0}")]
+    PermissionNotFound(String),
+    /// Security groups and instance/subnet in different VPCs.
+    #[error("{0}")]
+    InvalidGroupVpc(String),
+    /// An Elastic IP allocation or address that does not exist.
+    #[error("{0}")]
+    AddressNotFound(String),
+    /// A malformed allocation ID.
+    #[error("Invalid id: \"{0}\" (expecting \"eipalloc-...\")")]
+    AllocationIdMalformed(String),
+    /// An association that does not exist.
+    #[error("{0}")]
+    AssociationNotFound(String),
+    /// A malformed association ID.
+    #[error("Invalid id: \"{0}\" (expecting \"eipassoc-...\")")]
+    AssociationIdMalformed(String),
+    /// The address or instance is associated already (without AllowReassociation).
+    #[error("{0}")]
+    ResourceAlreadyAssociated(String),
+    /// The address pool is used up.
+    #[error("{0}")]
+    AddressLimitExceeded(String),
     /// The store failed.
     #[error("the state store failed")]
     Store(#[from] StoreError),
@@ -179,6 +251,30 @@ impl Ec2Error {
             Ec2Error::InvalidBlockDeviceMapping(_) => "InvalidBlockDeviceMapping",
             Ec2Error::UnsupportedOperation(_) => "UnsupportedOperation",
             Ec2Error::TagLimitExceeded(_) => "TagLimitExceeded",
+            Ec2Error::VpcNotFound(_) => "InvalidVpcID.NotFound",
+            Ec2Error::VpcIdMalformed(_) => "InvalidVpcID.Malformed",
+            Ec2Error::VpcRange(_) => "InvalidVpc.Range",
+            Ec2Error::SubnetNotFound(_) => "InvalidSubnetID.NotFound",
+            Ec2Error::SubnetIdMalformed(_) => "InvalidSubnetID.Malformed",
+            Ec2Error::SubnetRange(_) => "InvalidSubnet.Range",
+            Ec2Error::SubnetConflict(_) => "InvalidSubnet.Conflict",
+            Ec2Error::DependencyViolation(_) => "DependencyViolation",
+            Ec2Error::AddressInUse(_) => "InvalidIPAddress.InUse",
+            Ec2Error::InsufficientFreeAddresses(_) => "InsufficientFreeAddressesInSubnet",
+            Ec2Error::GroupNotFound(_) => "InvalidGroup.NotFound",
+            Ec2Error::GroupIdMalformed(_) => "InvalidGroupId.Malformed",
+            Ec2Error::GroupDuplicate(_) => "InvalidGroup.Duplicate",
+            Ec2Error::GroupInUse(_) => "InvalidGroup.InUse",
+            Ec2Error::GroupReserved(_) => "InvalidGroup.Reserved",
+            Ec2Error::PermissionDuplicate(_) => "InvalidPermission.Duplicate",
+            Ec2Error::PermissionNotFound(_) => "InvalidPermission.NotFound",
+            Ec2Error::InvalidGroupVpc(_) => "InvalidParameter",
+            Ec2Error::AddressNotFound(_) => "InvalidAddress.NotFound",
+            Ec2Error::AllocationIdMalformed(_) => "InvalidAllocationID.Malformed",
+            Ec2Error::AssociationNotFound(_) => "InvalidAssociationID.NotFound",
+            Ec2Error::AssociationIdMalformed(_) => "InvalidAssociationID.Malformed",
+            Ec2Error::ResourceAlreadyAssociated(_) => "Resource.AlreadyAssociated",
+            Ec2Error::AddressLimitExceeded(_) => "AddressLimitExceeded",
             Ec2Error::Store(_) | Ec2Error::Io { .. } => "InternalError",
         }
     }
@@ -191,7 +287,31 @@ impl Ec2Error {
             | Ec2Error::KeyPairNotFound(_)
             | Ec2Error::VolumeNotFound(_)
             | Ec2Error::AttachmentNotFound(_)
-            | Ec2Error::SnapshotNotFound(_) => StatusClass::NotFound,
+            | Ec2Error::SnapshotNotFound(_)
+            | Ec2Error::VpcNotFound(_)
+            | Ec2Error::SubnetNotFound(_)
+            | Ec2Error::GroupNotFound(_)
+            | Ec2Error::PermissionNotFound(_)
+            | Ec2Error::AddressNotFound(_)
+            | Ec2Error::AssociationNotFound(_) => StatusClass::NotFound,
+            Ec2Error::VpcIdMalformed(_)
+            | Ec2Error::VpcRange(_)
+            | Ec2Error::SubnetIdMalformed(_)
+            | Ec2Error::SubnetRange(_)
+            | Ec2Error::SubnetConflict(_)
+            | Ec2Error::GroupIdMalformed(_)
+            | Ec2Error::GroupReserved(_)
+            | Ec2Error::InvalidGroupVpc(_)
+            | Ec2Error::AllocationIdMalformed(_)
+            | Ec2Error::AssociationIdMalformed(_) => StatusClass::InvalidArgument,
+            Ec2Error::DependencyViolation(_)
+            | Ec2Error::AddressInUse(_)
+            | Ec2Error::GroupInUse(_)
+            | Ec2Error::ResourceAlreadyAssociated(_) => StatusClass::FailedPrecondition,
+            Ec2Error::GroupDuplicate(_) | Ec2Error::PermissionDuplicate(_) => StatusClass::AlreadyExists,
+            Ec2Error::InsufficientFreeAddresses(_) | Ec2Error::AddressLimitExceeded(_) => {
+                StatusClass::ResourceExhausted
+            }
             Ec2Error::InstanceIdMalformed(_)
             | Ec2Error::InvalidParameterValue(_)
             | Ec2Error::InvalidParameterCombination(_)

@@ -19,6 +19,16 @@ pub enum IdKind {
     KeyPair,
     /// `snap-`: a snapshot.
     Snapshot,
+    /// `vpc-`: a VPC.
+    Vpc,
+    /// `subnet-`: a subnet.
+    Subnet,
+    /// `sg-`: a security group.
+    SecurityGroup,
+    /// `eipalloc-`: an Elastic IP allocation.
+    Allocation,
+    /// `eipassoc-`: an Elastic IP association.
+    Association,
 }
 
 /// Hex digits in a generated ID.
@@ -34,6 +44,11 @@ impl IdKind {
             IdKind::Image => "ami-",
             IdKind::KeyPair => "key-",
             IdKind::Snapshot => "snap-",
+            IdKind::Vpc => "vpc-",
+            IdKind::Subnet => "subnet-",
+            IdKind::SecurityGroup => "sg-",
+            IdKind::Allocation => "eipalloc-",
+            IdKind::Association => "eipassoc-",
         }
     }
 
@@ -46,6 +61,11 @@ impl IdKind {
             IdKind::Image => "image",
             IdKind::KeyPair => "key-pair",
             IdKind::Snapshot => "snapshot",
+            IdKind::Vpc => "vpc",
+            IdKind::Subnet => "subnet",
+            IdKind::SecurityGroup => "security-group",
+            IdKind::Allocation => "elastic-ip",
+            IdKind::Association => "elastic-ip-association",
         }
     }
 
@@ -58,6 +78,11 @@ impl IdKind {
             IdKind::Image,
             IdKind::KeyPair,
             IdKind::Snapshot,
+            IdKind::Vpc,
+            IdKind::Subnet,
+            IdKind::SecurityGroup,
+            IdKind::Allocation,
+            IdKind::Association,
         ]
         .into_iter()
         .find(|kind| id.starts_with(kind.prefix()))
@@ -97,6 +122,11 @@ impl IdKind {
             IdKind::Image => Ec2Error::ImageIdMalformed(id.to_string()),
             IdKind::Volume => Ec2Error::VolumeIdMalformed(id.to_string()),
             IdKind::Snapshot => Ec2Error::SnapshotIdMalformed(id.to_string()),
+            IdKind::Vpc => Ec2Error::VpcIdMalformed(id.to_string()),
+            IdKind::Subnet => Ec2Error::SubnetIdMalformed(id.to_string()),
+            IdKind::SecurityGroup => Ec2Error::GroupIdMalformed(id.to_string()),
+            IdKind::Allocation => Ec2Error::AllocationIdMalformed(id.to_string()),
+            IdKind::Association => Ec2Error::AssociationIdMalformed(id.to_string()),
             IdKind::Reservation | IdKind::KeyPair => Ec2Error::InvalidId(id.to_string()),
         })
     }

@@ -230,6 +230,169 @@ pub struct Instance {
     pub ramdisk_override: Option<String>,
     /// What the agent reported last.
     pub actual: ActualSeen,
+    /// Its network interface (instances launched before networking existed have none).
+    #[serde(default)]
+    pub network: Option<InstanceNetwork>,
+}
+
+/// An instance's (primary) network interface and metadata options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceNetwork {
+    /// Its VPC.
+    pub vpc_id: String,
+    /// Its subnet.
+    pub subnet_id: String,
+    /// Private IPv4 address (kept from launch to termination, as in EC2).
+    pub private_ip: std::net::Ipv4Addr,
+    /// MAC address.
+    pub mac: String,
+    /// Security group IDs.
+    pub group_ids: Vec<String>,
+    /// IMDS: tokens required (IMDSv1 off).
+    pub http_tokens_required: bool,
+    /// IMDS: endpoint enabled.
+    pub http_endpoint_enabled: bool,
+    /// IMDS: the token response's IP TTL.
+    pub http_put_response_hop_limit: u8,
+}
+
+/// A VPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vpc {
+    /// `vpc-…`.
+    pub id: String,
+    /// Its CIDR.
+    pub cidr: hearth_net::Ipv4Cidr,
+    /// The default VPC.
+    pub is_default: bool,
+    /// Unique number (routing table, conntrack zone on hosts).
+    pub number: u32,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A subnet of a VPC, in one availability zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    /// `subnet-…`.
+    pub id: String,
+    /// Its VPC.
+    pub vpc_id: String,
+    /// Its CIDR (inside the VPC's).
+    pub cidr: hearth_net::Ipv4Cidr,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// The default VPC's subnet for the zone.
+    pub default_for_az: bool,
+    /// Unique number (bridge name, VXLAN VNI).
+    pub number: u32,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// A security group: allow rules, stateful.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    /// `sg-…`.
+    pub id: String,
+    /// Name, unique in the VPC.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Its VPC.
+    pub vpc_id: String,
+    /// Inbound rules.
+    pub ingress: Vec<GroupRule>,
+    /// Outbound rules.
+    pub egress: Vec<GroupRule>,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// One rule of a group: protocol, ports and one peer (EC2 keeps rules per peer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRule {
+    /// `tcp`, `udp`, `icmp`, `-1` or a protocol number.
+    pub protocol: String,
+    /// First port / ICMP type (-1: all).
+    pub from_port: i32,
+    /// Last port / ICMP code (-1: all).
+    pub to_port: i32,
+    /// The peer: a CIDR or a group.
+    pub peer: RulePeer,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A rule's peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RulePeer {
+    /// An IPv4 range.
+    Cidr(hearth_net::Ipv4Cidr),
+    /// A security group's members.
+    Group(String),
+}
+
+/// An Elastic IP address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// `eipalloc-…`.
+    pub allocation_id: String,
+    /// The public address.
+    pub public_ip: std::net::Ipv4Addr,
+    /// The association, if any.
+    pub association: Option<AddressAssociation>,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// An Elastic IP's association with an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressAssociation {
+    /// `eipassoc-…`.
+    pub id: String,
+    /// The instance.
+    pub instance_id: String,
+    /// Its private address the public one maps to.
+    pub private_ip: std::net::Ipv4Addr,
+}
+
+/// A network record of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NetRecord {
+    /// A VPC.
+    Vpc(Vpc),
+    /// A subnet.
+    Subnet(Subnet),
+    /// A security group.
+    SecurityGroup(SecurityGroup),
+    /// An Elastic IP.
+    Address(Address),
+}
+
+impl NetRecord {
+    /// The record's ID.
+    pub fn id(&self) -> &str {
+        match self {
+            NetRecord::Vpc(v) => &v.id,
+            NetRecord::Subnet(s) => &s.id,
+            NetRecord::SecurityGroup(g) => &g.id,
+            NetRecord::Address(a) => &a.allocation_id,
+        }
+    }
+
+    /// The kind, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NetRecord::Vpc(_) => "vpc",
+            NetRecord::Subnet(_) => "subnet",
+            NetRecord::SecurityGroup(_) => "security-group",
+            NetRecord::Address(_) => "address",
+        }
+    }
 }
 
 /// A volume's state.
@@ -560,6 +723,12 @@ pub struct Host {
     pub agent_version: String,
     /// Revision of this host's desired state.
     pub revision: u64,
+    /// The host's underlay address for VXLAN ("" = none: it only carries subnets alone).
+    #[serde(default)]
+    pub underlay_ip: String,
+    /// Whether the host has an uplink for Elastic IPs.
+    #[serde(default)]
+    pub has_uplink: bool,
 }
 
 /// A RunInstances ClientToken and what it was used with.

@@ -118,6 +118,7 @@ async fn errors_tokens_and_sync_over_the_socket() {
             vcpus: 4,
             memory_mib: 4096,
             agent_version: "test".into(),
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -312,6 +313,7 @@ fn host_sync() -> pb::SyncRequest {
             vcpus: 2,
             memory_mib: 2048,
             agent_version: "test".into(),
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -547,6 +547,7 @@ async fn fake_host_sync(agents: &mut AgentControlClient<Channel>, token: &str) -
             vcpus: 1_000_000,
             memory_mib: 1 << 40,
             agent_version: "bench".into(),
+            ..Default::default()
         }),
         wait_ms: 0,
         ..Default::default()

@@ -25,6 +25,10 @@ pub struct HostReport {
     pub memory_mib: u64,
     /// Agent version.
     pub agent_version: String,
+    /// Underlay address for VXLAN ("" = none).
+    pub underlay_ip: String,
+    /// Whether the host has an uplink for Elastic IPs.
+    pub has_uplink: bool,
 }
 
 /// What an agent says about one instance.
@@ -113,6 +117,58 @@ pub struct DesiredInstance {
     pub metadata: InstanceMetadata,
     /// Instance-store disks.
     pub ephemeral_disks: Vec<EphemeralDisk>,
+    /// Network interfaces (none for instances launched before networking).
+    pub interfaces: Vec<NetworkInterface>,
+    /// What the metadata service answers.
+    pub imds: ImdsInfo,
+}
+
+/// An instance's network interface as its host builds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInterface {
+    /// Host tap name.
+    pub tap: String,
+    /// MAC.
+    pub mac: String,
+    /// Private address.
+    pub private_ip: std::net::Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+    /// The router.
+    pub gateway: std::net::Ipv4Addr,
+    /// `subnet-…`.
+    pub subnet_id: String,
+    /// `vpc-…`.
+    pub vpc_id: String,
+    /// The subnet's CIDR.
+    pub subnet_cidr: hearth_net::Ipv4Cidr,
+    /// Its Elastic IP.
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    /// Group IDs.
+    pub security_group_ids: Vec<String>,
+    /// Group names.
+    pub security_group_names: Vec<String>,
+    /// DNS servers (DHCP).
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// IMDS facts and options of an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImdsInfo {
+    /// Instance type.
+    pub instance_type: String,
+    /// `ami-…`.
+    pub ami_id: String,
+    /// Zone.
+    pub availability_zone: String,
+    /// Region.
+    pub region: String,
+    /// IMDSv1 off.
+    pub http_tokens_required: bool,
+    /// Endpoint on.
+    pub http_endpoint_enabled: bool,
+    /// Token response TTL.
+    pub http_put_response_hop_limit: u8,
 }
 
 /// What the guest learns from its metadata disk (cloud-init NoCloud).
@@ -137,6 +193,8 @@ pub struct SyncAnswer {
     pub revision: u64,
     /// Its instances (all but terminated ones).
     pub instances: Vec<DesiredInstance>,
+    /// Its instance network.
+    pub network: super::network::HostNetwork,
 }
 
 /// The outcome of a report on one instance.
@@ -224,8 +282,18 @@ impl Engine {
             memory_mib: host.memory_mib,
             agent_version: host.agent_version.clone(),
             revision: state.hosts.get(&host.host_id).map_or(0, |h| h.revision),
+            underlay_ip: host.underlay_ip.clone(),
+            has_uplink: host.has_uplink,
         };
+        let mut network_moved = false;
         if state.hosts.get(&host.host_id) != Some(&record) {
+            if let Some(old) = state.hosts.get(&host.host_id) {
+                // Other hosts' VXLAN peers name this one.
+                network_moved |= old.underlay_ip != record.underlay_ip;
+            }
+            let mut zones = self.zone_names(state);
+            zones.insert(record.availability_zone.clone());
+            super::network::default_network_changes(state, &zones, &mut changes);
             changes.hosts.push(record);
         }
         let mut desired_moved = false;
@@ -248,11 +316,15 @@ impl Engine {
             desired_moved |= next.desired != instance.desired || next.state == InstanceState::Terminated;
             if next.state == InstanceState::Terminated {
                 release_volumes(state, instance, &mut changes);
+                super::network::release_addresses(state, &instance.id, &mut changes);
                 next.block_devices.clear();
+                network_moved |= instance.network.is_some();
             }
             changes.instances.push(next);
         }
-        if desired_moved {
+        if network_moved {
+            state.bump_all_hosts(&mut changes);
+        } else if desired_moved {
             state.bump_hosts(&mut changes, [host.host_id.as_str()]);
         }
         self.commit(&mut inner, changes)?;
@@ -366,13 +438,66 @@ impl Engine {
                         hostname: instance.id.clone(),
                         public_keys: instance.public_keys.clone(),
                         user_data: instance.user_data.clone(),
-                        network_config: String::new(),
+                        network_config: instance
+                            .network
+                            .as_ref()
+                            .map(|n| network_config(&n.mac))
+                            .unwrap_or_default(),
                     },
                     ephemeral_disks,
+                    interfaces: instance
+                        .network
+                        .as_ref()
+                        .and_then(|network| self.interface_of(state, instance, network))
+                        .into_iter()
+                        .collect(),
+                    imds: ImdsInfo {
+                        instance_type: instance.instance_type.clone(),
+                        ami_id: instance.image_id.clone(),
+                        availability_zone: instance.availability_zone.clone(),
+                        region: self.options.region.clone(),
+                        http_tokens_required: instance.network.as_ref().is_some_and(|n| n.http_tokens_required),
+                        http_endpoint_enabled: instance.network.as_ref().is_some_and(|n| n.http_endpoint_enabled),
+                        http_put_response_hop_limit: instance
+                            .network
+                            .as_ref()
+                            .map_or(1, |n| n.http_put_response_hop_limit),
+                    },
                 }
             })
             .collect();
-        SyncAnswer { revision, instances }
+        SyncAnswer {
+            revision,
+            instances,
+            network: super::network::host_network(state, host_id),
+        }
+    }
+
+    fn interface_of(
+        &self,
+        state: &State,
+        instance: &Instance,
+        network: &crate::model::InstanceNetwork,
+    ) -> Option<NetworkInterface> {
+        let subnet = state.subnets.get(&network.subnet_id)?;
+        Some(NetworkInterface {
+            tap: super::network::tap_name(&network.mac),
+            mac: network.mac.clone(),
+            private_ip: network.private_ip,
+            prefix_len: subnet.cidr.prefix(),
+            gateway: hearth_net::ipam::gateway(subnet.cidr),
+            subnet_id: subnet.id.clone(),
+            vpc_id: subnet.vpc_id.clone(),
+            subnet_cidr: subnet.cidr,
+            public_ip: super::network::public_ip_of(state, &instance.id),
+            security_group_ids: network.group_ids.clone(),
+            security_group_names: network
+                .group_ids
+                .iter()
+                .filter_map(|id| state.groups.get(id).map(|g| g.name.clone()))
+                .collect(),
+            dns: self.options.dns_servers.clone(),
+        })
     }
 
     /// A whole Sync: applies the report, then answers at once when `known_revision` differs
@@ -422,4 +547,12 @@ fn release_volumes(state: &State, instance: &Instance, changes: &mut Changes) {
             changes.volumes.push(volume);
         }
     }
+}
+
+/// The metadata disk's network config (cloud-init v2): DHCP on the interface with this MAC
+/// (the agent's DHCP server answers it with the instance's address).
+fn network_config(mac: &str) -> String {
+    format!(
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    set-name: eth0\n    dhcp4: true\n"
+    )
 }

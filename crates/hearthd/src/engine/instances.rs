@@ -56,6 +56,8 @@ pub struct RunInstancesRequest {
     pub instance_initiated_shutdown_behavior: String,
     /// Placement zone; empty: any.
     pub availability_zone: String,
+    /// Subnet, groups, private address, IMDS options.
+    pub network: super::network::LaunchNetwork,
 }
 
 /// The instances of one RunInstances call.
@@ -67,6 +69,8 @@ pub struct Reservation {
     pub owner_id: String,
     /// Its instances, by launch index (shared with the engine's working set).
     pub instances: Vec<Arc<Instance>>,
+    /// Public addresses and group names of the network.
+    pub net: Arc<super::network::NetNames>,
 }
 
 /// One instance's state change, by ID.
@@ -418,6 +422,7 @@ impl Engine {
             reservation_id: reservation_id.to_string(),
             owner_id: self.options.owner_id.clone(),
             instances,
+            net: super::network::net_names(state),
         }
     }
 
@@ -499,6 +504,12 @@ impl Engine {
         }
         let (instance_tags, volume_tags) = launch_tags(&request.tag_specifications)?;
         let volume_plans = plan_volumes(image, &request.block_device_mappings)?;
+        let fixed_plan = super::network::plan_launch(state, &request.network, zone, max_count)?;
+        // A subnet fixes the zone.
+        let zone = fixed_plan
+            .as_ref()
+            .map(|p| p.subnet.availability_zone.as_str())
+            .or(zone);
         dry_run(request.dry_run)?;
 
         let mut rooms = self.host_rooms(state, now);
@@ -521,8 +532,21 @@ impl Engine {
 
         let reservation_id = IdKind::Reservation.generate();
         let mut changes = Changes::default();
+        let mut zone_plans: BTreeMap<String, super::network::NetworkPlan> = BTreeMap::new();
         for (index, host_id) in hosts.iter().enumerate() {
             let host = &state.hosts[host_id];
+            let plan = match &fixed_plan {
+                Some(plan) => plan,
+                None => match zone_plans.entry(host.availability_zone.clone()) {
+                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        let plan = super::network::plan_launch(state, &request.network, Some(entry.key()), max_count)?
+                            .ok_or_else(|| Ec2Error::SubnetNotFound(format!("(default subnet of {})", entry.key())))?;
+                        entry.insert(plan)
+                    }
+                },
+            };
+            let network = super::network::allocate_interface(state, plan, &request.network, &changes.instances)?;
             let instance_id = IdKind::Instance.generate();
             let mut block_devices = Vec::new();
             for plan in &volume_plans {
@@ -600,6 +624,7 @@ impl Engine {
                 kernel_override: None,
                 ramdisk_override: None,
                 actual: ActualSeen::default(),
+                network: Some(network),
             });
         }
         if !request.client_token.is_empty() {
@@ -610,7 +635,8 @@ impl Engine {
                 created_ms: now,
             });
         }
-        state.bump_hosts(&mut changes, hosts.iter().map(String::as_str));
+        // New members change other hosts' firewalls (group members) and VXLAN peers too.
+        state.bump_all_hosts(&mut changes);
         let ids: Vec<String> = changes.instances.iter().map(|i| i.id.clone()).collect();
         self.commit(&mut inner, changes)?;
         let instances = ids.iter().map(|id| Arc::clone(&inner.state.instances[id])).collect();
@@ -618,6 +644,7 @@ impl Engine {
             reservation_id,
             owner_id: self.options.owner_id.clone(),
             instances,
+            net: super::network::net_names(&inner.state),
         })
     }
 
@@ -649,6 +676,7 @@ impl Engine {
         let (page, token) = filter::paginate(selected, max_results, next_token, |i| page_key(i))?;
         let mut reservations: Vec<Reservation> = Vec::new();
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        let net = super::network::net_names(state);
         for instance in page {
             // Instances of one launch are usually adjacent: try the last group before the map.
             if let Some(last) = reservations.last_mut() {
@@ -662,6 +690,7 @@ impl Engine {
                     reservation_id: instance.reservation_id.clone(),
                     owner_id: self.options.owner_id.clone(),
                     instances: Vec::new(),
+                    net: Arc::clone(&net),
                 });
                 reservations.len() - 1
             });

@@ -7,6 +7,9 @@ mod agent;
 mod images;
 mod instances;
 mod keys;
+mod network;
+#[cfg(test)]
+mod network_tests;
 mod snapshots;
 #[cfg(test)]
 mod storage_tests;
@@ -22,7 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 pub use agent::{
-    ActualReport, DesiredInstance, DesiredVolume, EphemeralDisk, HostReport, InstanceMetadata, SyncAnswer,
+    ActualReport, DesiredInstance, DesiredVolume, EphemeralDisk, HostReport, ImdsInfo, InstanceMetadata,
+    NetworkInterface, SyncAnswer,
 };
 pub use images::{CreateImageRequest, RegisterImageRequest};
 pub use instances::{
@@ -30,6 +34,10 @@ pub use instances::{
     TagSpecification,
 };
 pub use keys::CreatedKeyPair;
+pub use network::{
+    Direction, HostElasticIp, HostNetwork, HostSubnet, IpPermission, LaunchNetwork, MetadataOptions, NetNames,
+    SubnetView,
+};
 pub use snapshots::progress as snapshot_progress;
 pub use snapshots::CopySnapshotRequest;
 pub use tags::{AvailabilityZone, Region, TagDescription};
@@ -39,7 +47,7 @@ use crate::error::{Ec2Error, Ec2Result};
 use crate::hostfiles::{ConsoleSource, LocalConsole, LocalVolumes, VolumeFiles};
 use crate::instance_types::InstanceTypes;
 use crate::kms::KeyStore;
-use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, SnapshotRecord, Volume};
+use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, NetRecord, SnapshotRecord, Volume};
 use crate::store::{Changes, Store, StoreError};
 use crate::time::{Clock, SystemClock};
 
@@ -79,6 +87,10 @@ pub struct EngineOptions {
     pub snapshots: Option<Arc<hearth_snapshot::SnapshotStore>>,
     /// Where snapshots live: a directory or `s3://bucket/prefix?endpoint=…`.
     pub snapshot_store_location: String,
+    /// Elastic IP addresses are allocated from this range (none: AllocateAddress fails).
+    pub public_ip_pool: Option<hearth_net::Ipv4Cidr>,
+    /// DNS servers handed to instances by DHCP (default: none).
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -111,6 +123,8 @@ impl EngineOptions {
             keys: KeyStore::new(data_dir.join("kms")),
             snapshots: None,
             snapshot_store_location: data_dir.join("snapshots").display().to_string(),
+            public_ip_pool: None,
+            dns_servers: Vec::new(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -126,6 +140,10 @@ pub(crate) struct State {
     pub(crate) hosts: BTreeMap<String, Host>,
     pub(crate) client_tokens: HashMap<String, ClientTokenRecord>,
     pub(crate) snapshots: BTreeMap<String, SnapshotRecord>,
+    pub(crate) vpcs: BTreeMap<String, crate::model::Vpc>,
+    pub(crate) subnets: BTreeMap<String, crate::model::Subnet>,
+    pub(crate) groups: BTreeMap<String, crate::model::SecurityGroup>,
+    pub(crate) addresses: BTreeMap<String, crate::model::Address>,
     pub(crate) revision: u64,
     /// When each host last synced (memory only: a restarted hearthd waits for reports).
     pub(crate) host_seen_ms: HashMap<String, i64>,
@@ -172,9 +190,37 @@ impl State {
         for id in changes.deleted_snapshots {
             self.snapshots.remove(&id);
         }
+        for record in changes.net {
+            match record {
+                NetRecord::Vpc(vpc) => {
+                    self.vpcs.insert(vpc.id.clone(), vpc);
+                }
+                NetRecord::Subnet(subnet) => {
+                    self.subnets.insert(subnet.id.clone(), subnet);
+                }
+                NetRecord::SecurityGroup(group) => {
+                    self.groups.insert(group.id.clone(), group);
+                }
+                NetRecord::Address(address) => {
+                    self.addresses.insert(address.allocation_id.clone(), address);
+                }
+            }
+        }
+        for id in changes.deleted_net {
+            self.vpcs.remove(&id);
+            self.subnets.remove(&id);
+            self.groups.remove(&id);
+            self.addresses.remove(&id);
+        }
         if let Some(revision) = changes.revision {
             self.revision = revision;
         }
+    }
+
+    /// Bumps every known host (a network change: groups, members, addresses).
+    pub(crate) fn bump_all_hosts(&self, changes: &mut Changes) {
+        let hosts: Vec<String> = self.hosts.keys().cloned().collect();
+        self.bump_hosts(changes, hosts.iter().map(String::as_str));
     }
 
     /// Whether `host_id` synced within `timeout_ms` of `now`.
@@ -242,6 +288,7 @@ impl Engine {
             hosts: snapshot.hosts,
             client_tokens: snapshot.client_tokens,
             snapshots: snapshot.snapshots,
+            net: snapshot.net,
             ..Changes::default()
         });
         let (revisions, _) = watch::channel(state.revision);
@@ -249,14 +296,16 @@ impl Engine {
         if let Some(store) = &options.snapshots {
             let _ = snapshot_store.set(Arc::clone(store));
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Mutex::new(Inner { state, store }),
             options,
             revisions,
             snapshot_store,
             image_store: std::sync::OnceLock::new(),
             busy_volumes: Mutex::new(BTreeSet::new()),
-        })
+        };
+        engine.ensure_default_network()?;
+        Ok(engine)
     }
 
     /// The options the engine runs with.

@@ -52,6 +52,7 @@ impl Fixture {
                         vcpus: 8,
                         memory_mib: 16384,
                         agent_version: "test".into(),
+                        ..HostReport::default()
                     },
                     &[],
                 )
@@ -124,6 +125,7 @@ impl Fixture {
             vcpus: 8,
             memory_mib: 16384,
             agent_version: "test".into(),
+            ..HostReport::default()
         };
         self.engine.report(&host, actual).unwrap();
     }

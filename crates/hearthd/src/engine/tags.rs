@@ -7,6 +7,7 @@ use crate::error::{Ec2Error, Ec2Result};
 use crate::filter::{self, Filter, Values};
 use crate::ids::IdKind;
 use crate::instance_types::InstanceType;
+use crate::model::NetRecord;
 use crate::model::{ImageState, Tags, VolumeState};
 use crate::store::Changes;
 
@@ -71,7 +72,11 @@ fn tags_of<'a>(state: &'a State, id: &str) -> Option<&'a Tags> {
             .map(|i| &i.tags),
         IdKind::KeyPair => state.key_pairs.values().find(|k| k.id == id).map(|k| &k.tags),
         IdKind::Snapshot => state.snapshots.get(id).map(|s| &s.tags),
-        IdKind::Reservation => None,
+        IdKind::Vpc => state.vpcs.get(id).map(|v| &v.tags),
+        IdKind::Subnet => state.subnets.get(id).map(|s| &s.tags),
+        IdKind::SecurityGroup => state.groups.get(id).map(|g| &g.tags),
+        IdKind::Allocation => state.addresses.get(id).map(|a| &a.tags),
+        IdKind::Reservation | IdKind::Association => None,
     }
 }
 
@@ -82,7 +87,7 @@ fn check_resources(state: &State, resources: &[String]) -> Ec2Result<()> {
     }
     for id in resources {
         let kind = match IdKind::of(id) {
-            Some(IdKind::Reservation) | None => return Err(Ec2Error::InvalidId(id.clone())),
+            Some(IdKind::Reservation | IdKind::Association) | None => return Err(Ec2Error::InvalidId(id.clone())),
             Some(kind) => kind,
         };
         if kind == IdKind::KeyPair {
@@ -98,6 +103,10 @@ fn check_resources(state: &State, resources: &[String]) -> Ec2Result<()> {
                 IdKind::Volume => Ec2Error::VolumeNotFound(id.clone()),
                 IdKind::Image => Ec2Error::ImageNotFound(id.clone()),
                 IdKind::Snapshot => Ec2Error::SnapshotNotFound(id.clone()),
+                IdKind::Vpc => Ec2Error::VpcNotFound(id.clone()),
+                IdKind::Subnet => Ec2Error::SubnetNotFound(id.clone()),
+                IdKind::SecurityGroup => Ec2Error::GroupNotFound(id.clone()),
+                IdKind::Allocation => Ec2Error::AddressNotFound(format!("The allocation ID '{id}' does not exist")),
                 _ => Ec2Error::KeyPairNotFound(id.clone()),
             });
         }
@@ -129,6 +138,36 @@ fn set_tags(state: &State, changes: &mut Changes, id: &str, tags: Tags) {
         Some(IdKind::KeyPair) => {
             if let Some(key) = state.key_pairs.values().find(|k| k.id == id) {
                 changes.key_pairs.push(crate::model::KeyPair { tags, ..key.clone() });
+            }
+        }
+        Some(IdKind::Vpc) => {
+            if let Some(vpc) = state.vpcs.get(id) {
+                changes
+                    .net
+                    .push(NetRecord::Vpc(crate::model::Vpc { tags, ..vpc.clone() }));
+            }
+        }
+        Some(IdKind::Subnet) => {
+            if let Some(subnet) = state.subnets.get(id) {
+                changes
+                    .net
+                    .push(NetRecord::Subnet(crate::model::Subnet { tags, ..subnet.clone() }));
+            }
+        }
+        Some(IdKind::SecurityGroup) => {
+            if let Some(group) = state.groups.get(id) {
+                changes.net.push(NetRecord::SecurityGroup(crate::model::SecurityGroup {
+                    tags,
+                    ..group.clone()
+                }));
+            }
+        }
+        Some(IdKind::Allocation) => {
+            if let Some(address) = state.addresses.get(id) {
+                changes.net.push(NetRecord::Address(crate::model::Address {
+                    tags,
+                    ..address.clone()
+                }));
             }
         }
         Some(IdKind::Snapshot) => {

@@ -94,6 +94,7 @@ impl Fixture {
             vcpus,
             memory_mib,
             agent_version: "test".into(),
+            ..HostReport::default()
         };
         self.engine.report(&host, actual).unwrap()
     }
@@ -1286,8 +1287,12 @@ fn tags_on_every_resource() {
     );
     assert!(!f.instance(&instance).tags.contains_key("a"), "all or nothing");
     assert_eq!(
-        code(f.engine.create_tags(&["sg-12345678".into()], &[tag("a", "b")], false)),
+        code(f.engine.create_tags(&["igw-12345678".into()], &[tag("a", "b")], false)),
         "InvalidID"
+    );
+    assert_eq!(
+        code(f.engine.create_tags(&["sg-12345678".into()], &[tag("a", "b")], false)),
+        "InvalidGroup.NotFound"
     );
     assert_eq!(
         code(
@@ -1392,6 +1397,7 @@ async fn sync_long_polls_until_the_desired_state_moves() {
         vcpus: 8,
         memory_mib: 16384,
         agent_version: "test".into(),
+        ..HostReport::default()
     };
     let first = f
         .engine

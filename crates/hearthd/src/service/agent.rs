@@ -58,6 +58,8 @@ impl AgentControl for AgentService {
             vcpus: host.vcpus.max(0) as u32,
             memory_mib: host.memory_mib.max(0) as u64,
             agent_version: host.agent_version,
+            underlay_ip: host.underlay_ip,
+            has_uplink: host.has_uplink,
         };
         let actual = r.instances.into_iter().map(convert::actual).collect();
         let wait = Duration::from_millis(r.wait_ms.max(0) as u64);
@@ -69,6 +71,7 @@ impl AgentControl for AgentService {
         Ok(Response::new(pb::SyncResponse {
             revision: answer.revision,
             instances: answer.instances.into_iter().map(convert::desired).collect(),
+            network: Some(convert::host_network(answer.network)),
         }))
     }
 }

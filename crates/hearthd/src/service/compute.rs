@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status_of;
 use crate::engine::{
-    CopySnapshotRequest, CreateImageRequest, CreateVolumeRequest, Engine, ModifyInstanceRequest, ModifyVolumeRequest,
-    RegisterImageRequest, RunInstancesRequest, TagSpecification,
+    CopySnapshotRequest, CreateImageRequest, CreateVolumeRequest, Direction, Engine, LaunchNetwork, MetadataOptions,
+    ModifyInstanceRequest, ModifyVolumeRequest, RegisterImageRequest, RunInstancesRequest, TagSpecification,
 };
 use crate::error::Ec2Result;
 use crate::time::rfc3339;
@@ -39,6 +39,38 @@ impl ComputeService {
             Ok(Err(error)) => Err(status_of(&error)),
             Err(panic) => Err(Status::internal(format!("InternalError: the call failed: {panic}"))),
         }
+    }
+}
+
+impl ComputeService {
+    async fn rules(
+        &self,
+        r: pb::SecurityGroupRulesRequest,
+        direction: Direction,
+        authorize: bool,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.run(move |engine| {
+            engine
+                .change_security_group_rules(
+                    &r.group_id,
+                    &r.group_name,
+                    direction,
+                    authorize,
+                    &convert::permissions_in(r.ip_permissions),
+                    r.dry_run,
+                )
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+}
+
+fn metadata_in(options: pb::InstanceMetadataOptions) -> MetadataOptions {
+    MetadataOptions {
+        http_tokens: options.http_tokens,
+        http_endpoint: options.http_endpoint,
+        http_put_response_hop_limit: (options.http_put_response_hop_limit != 0)
+            .then_some(options.http_put_response_hop_limit),
     }
 }
 
@@ -70,6 +102,13 @@ impl Compute for ComputeService {
             disable_api_termination: r.disable_api_termination,
             instance_initiated_shutdown_behavior: r.instance_initiated_shutdown_behavior,
             availability_zone: r.availability_zone,
+            network: LaunchNetwork {
+                subnet_id: r.subnet_id,
+                security_group_ids: r.security_group_ids,
+                security_group_names: r.security_groups,
+                private_ip: r.private_ip_address,
+                metadata: r.metadata_options.map(metadata_in).unwrap_or_default(),
+            },
         };
         self.run(move |engine| engine.run_instances(request).map(|r| convert::reservation(&r)))
             .await
@@ -178,6 +217,26 @@ impl Compute for ComputeService {
         request: Request<pb::ModifyInstanceAttributeRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
+        if !r.groups.is_empty() {
+            let others = r.disable_api_termination.is_some()
+                || r.instance_initiated_shutdown_behavior.is_some()
+                || r.instance_type.is_some()
+                || r.user_data.is_some()
+                || r.kernel.is_some()
+                || r.ramdisk.is_some();
+            return self
+                .run(move |engine| {
+                    if others {
+                        return Err(crate::Ec2Error::InvalidParameterCombination(
+                            "Groups cannot be modified together with other attributes".into(),
+                        ));
+                    }
+                    engine
+                        .modify_instance_groups(&r.instance_id, &r.groups, r.dry_run)
+                        .map(|()| pb::Empty {})
+                })
+                .await;
+        }
         let request = ModifyInstanceRequest {
             instance_id: r.instance_id,
             disable_api_termination: r.disable_api_termination,
@@ -406,6 +465,231 @@ impl Compute for ComputeService {
                     .collect(),
                 next_token,
             })
+        })
+        .await
+    }
+
+    async fn create_vpc(&self, request: Request<pb::CreateVpcRequest>) -> Result<Response<pb::Vpc>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let tags = convert::tag_pairs(r.tag_specifications, "vpc")?;
+            let vpc = engine.create_vpc(&r.cidr_block, &tags, r.dry_run)?;
+            Ok(convert::vpc(&vpc, &engine.options().owner_id))
+        })
+        .await
+    }
+
+    async fn describe_vpcs(
+        &self,
+        request: Request<pb::DescribeVpcsRequest>,
+    ) -> Result<Response<pb::DescribeVpcsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let vpcs = engine.describe_vpcs(&r.vpc_ids, &convert::filters(r.filters))?;
+            let owner = &engine.options().owner_id;
+            Ok(pb::DescribeVpcsResponse {
+                vpcs: vpcs.iter().map(|v| convert::vpc(v, owner)).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_vpc(&self, request: Request<pb::VpcIdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.delete_vpc(&r.vpc_id, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn create_subnet(&self, request: Request<pb::CreateSubnetRequest>) -> Result<Response<pb::Subnet>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let tags = convert::tag_pairs(r.tag_specifications, "subnet")?;
+            let subnet = engine.create_subnet(&r.vpc_id, &r.cidr_block, &r.availability_zone, &tags, r.dry_run)?;
+            let view = engine
+                .describe_subnets(std::slice::from_ref(&subnet.id), &[])?
+                .pop()
+                .ok_or_else(|| crate::Ec2Error::SubnetNotFound(subnet.id.clone()))?;
+            Ok(convert::subnet(&view, &engine.options().owner_id))
+        })
+        .await
+    }
+
+    async fn describe_subnets(
+        &self,
+        request: Request<pb::DescribeSubnetsRequest>,
+    ) -> Result<Response<pb::DescribeSubnetsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let subnets = engine.describe_subnets(&r.subnet_ids, &convert::filters(r.filters))?;
+            let owner = &engine.options().owner_id;
+            Ok(pb::DescribeSubnetsResponse {
+                subnets: subnets.iter().map(|s| convert::subnet(s, owner)).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_subnet(&self, request: Request<pb::SubnetIdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| engine.delete_subnet(&r.subnet_id, r.dry_run).map(|()| pb::Empty {}))
+            .await
+    }
+
+    async fn create_security_group(
+        &self,
+        request: Request<pb::CreateSecurityGroupRequest>,
+    ) -> Result<Response<pb::SecurityGroupId>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let tags = convert::tag_pairs(r.tag_specifications, "security-group")?;
+            let group_id = engine.create_security_group(&r.group_name, &r.description, &r.vpc_id, &tags, r.dry_run)?;
+            Ok(pb::SecurityGroupId { group_id })
+        })
+        .await
+    }
+
+    async fn describe_security_groups(
+        &self,
+        request: Request<pb::DescribeSecurityGroupsRequest>,
+    ) -> Result<Response<pb::DescribeSecurityGroupsResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let groups = engine.describe_security_groups(&r.group_ids, &r.group_names, &convert::filters(r.filters))?;
+            let owner = &engine.options().owner_id;
+            Ok(pb::DescribeSecurityGroupsResponse {
+                security_groups: groups.iter().map(|g| convert::security_group(g, owner)).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_security_group(
+        &self,
+        request: Request<pb::DeleteSecurityGroupRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .delete_security_group(&r.group_id, &r.group_name, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn authorize_security_group_ingress(
+        &self,
+        request: Request<pb::SecurityGroupRulesRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.rules(request.into_inner(), Direction::Ingress, true).await
+    }
+
+    async fn authorize_security_group_egress(
+        &self,
+        request: Request<pb::SecurityGroupRulesRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.rules(request.into_inner(), Direction::Egress, true).await
+    }
+
+    async fn revoke_security_group_ingress(
+        &self,
+        request: Request<pb::SecurityGroupRulesRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.rules(request.into_inner(), Direction::Ingress, false).await
+    }
+
+    async fn revoke_security_group_egress(
+        &self,
+        request: Request<pb::SecurityGroupRulesRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.rules(request.into_inner(), Direction::Egress, false).await
+    }
+
+    async fn allocate_address(
+        &self,
+        request: Request<pb::AllocateAddressRequest>,
+    ) -> Result<Response<pb::Address>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let tags = convert::tag_pairs(r.tag_specifications, "elastic-ip")?;
+            let address = engine.allocate_address(&r.domain, &r.address, &tags, r.dry_run)?;
+            Ok(convert::address(&address))
+        })
+        .await
+    }
+
+    async fn associate_address(
+        &self,
+        request: Request<pb::AssociateAddressRequest>,
+    ) -> Result<Response<pb::AssociateAddressResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let association_id = engine.associate_address(
+                &r.allocation_id,
+                &r.public_ip,
+                &r.instance_id,
+                r.allow_reassociation,
+                &r.private_ip_address,
+                r.dry_run,
+            )?;
+            Ok(pb::AssociateAddressResponse { association_id })
+        })
+        .await
+    }
+
+    async fn disassociate_address(
+        &self,
+        request: Request<pb::DisassociateAddressRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .disassociate_address(&r.association_id, &r.public_ip, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn release_address(
+        &self,
+        request: Request<pb::ReleaseAddressRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            engine
+                .release_address(&r.allocation_id, &r.public_ip, r.dry_run)
+                .map(|()| pb::Empty {})
+        })
+        .await
+    }
+
+    async fn describe_addresses(
+        &self,
+        request: Request<pb::DescribeAddressesRequest>,
+    ) -> Result<Response<pb::DescribeAddressesResponse>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let addresses =
+                engine.describe_addresses(&r.allocation_ids, &r.public_ips, &convert::filters(r.filters))?;
+            Ok(pb::DescribeAddressesResponse {
+                addresses: addresses.iter().map(convert::address).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn modify_instance_metadata_options(
+        &self,
+        request: Request<pb::ModifyInstanceMetadataOptionsRequest>,
+    ) -> Result<Response<pb::InstanceMetadataOptions>, Status> {
+        let r = request.into_inner();
+        self.run(move |engine| {
+            let options = MetadataOptions {
+                http_tokens: r.http_tokens,
+                http_endpoint: r.http_endpoint,
+                http_put_response_hop_limit: r.http_put_response_hop_limit,
+            };
+            let network = engine.modify_instance_metadata_options(&r.instance_id, &options, r.dry_run)?;
+            Ok(convert::metadata_options(&network))
         })
         .await
     }

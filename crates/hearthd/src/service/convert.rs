@@ -1,5 +1,6 @@
 //! Conversions between `hearth_api::v1` messages and the engine's plain types.
 
+use crate::engine::NetNames;
 use hearth_api::v1 as pb;
 
 use crate::engine::{self, Reservation, StateChange};
@@ -70,7 +71,8 @@ fn block_device_at(device: &InstanceBlockDevice, times: &mut Times) -> pb::Insta
     }
 }
 
-fn instance(instance: &Instance, times: &mut Times) -> pb::Instance {
+fn instance(instance: &Instance, net: &NetNames, times: &mut Times) -> pb::Instance {
+    let network = instance.network.as_ref();
     pb::Instance {
         instance_id: instance.id.clone(),
         image_id: instance.image_id.clone(),
@@ -84,8 +86,12 @@ fn instance(instance: &Instance, times: &mut Times) -> pb::Instance {
         launch_time: times.rfc3339(instance.launch_time_ms),
         availability_zone: instance.availability_zone.clone(),
         key_name: instance.key_name.clone(),
-        private_ip_address: String::new(),
-        public_ip_address: String::new(),
+        private_ip_address: network.map(|n| n.private_ip.to_string()).unwrap_or_default(),
+        public_ip_address: net
+            .public_ips
+            .get(&instance.id)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
         root_device_name: instance.root_device_name.clone(),
         root_device_type: instance.root_device_type.clone(),
         block_device_mappings: instance
@@ -99,6 +105,42 @@ fn instance(instance: &Instance, times: &mut Times) -> pb::Instance {
         host_id: instance.host_id.clone(),
         vcpus: instance.vcpus as i32,
         memory_mib: instance.memory_mib as i64,
+        vpc_id: network.map(|n| n.vpc_id.clone()).unwrap_or_default(),
+        subnet_id: network.map(|n| n.subnet_id.clone()).unwrap_or_default(),
+        security_groups: network
+            .map(|n| {
+                n.group_ids
+                    .iter()
+                    .map(|id| pb::GroupIdentifier {
+                        group_id: id.clone(),
+                        group_name: net.group_names.get(id).cloned().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        mac_address: network.map(|n| n.mac.clone()).unwrap_or_default(),
+        metadata_options: network.map(metadata_options),
+        private_dns_name: network
+            .map(|n| format!("ip-{}.hearth.internal", n.private_ip.to_string().replace('.', "-")))
+            .unwrap_or_default(),
+    }
+}
+
+pub(crate) fn metadata_options(network: &crate::model::InstanceNetwork) -> pb::InstanceMetadataOptions {
+    pb::InstanceMetadataOptions {
+        http_tokens: if network.http_tokens_required {
+            "required"
+        } else {
+            "optional"
+        }
+        .into(),
+        http_endpoint: if network.http_endpoint_enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+        .into(),
+        http_put_response_hop_limit: i32::from(network.http_put_response_hop_limit),
     }
 }
 
@@ -107,7 +149,11 @@ pub(crate) fn reservation(reservation: &Reservation) -> pb::Reservation {
     pb::Reservation {
         reservation_id: reservation.reservation_id.clone(),
         owner_id: reservation.owner_id.clone(),
-        instances: reservation.instances.iter().map(|i| instance(i, &mut times)).collect(),
+        instances: reservation
+            .instances
+            .iter()
+            .map(|i| instance(i, &reservation.net, &mut times))
+            .collect(),
     }
 }
 
@@ -125,6 +171,7 @@ pub(crate) fn reservations(reservations: &[Reservation]) -> Vec<pb::Reservation>
     if total < PARALLEL_FROM || threads < 2 {
         return reservations.iter().map(reservation).collect();
     }
+    let net = &reservations[0].net;
     let all: Vec<&Instance> = reservations
         .iter()
         .flat_map(|r| r.instances.iter().map(|i| i.as_ref()))
@@ -134,9 +181,9 @@ pub(crate) fn reservations(reservations: &[Reservation]) -> Vec<pb::Reservation>
         let workers: Vec<_> = all
             .chunks(chunk)
             .skip(1)
-            .map(|part| scope.spawn(move || convert_run(part)))
+            .map(|part| scope.spawn(move || convert_run(part, net)))
             .collect();
-        let mut parts = vec![convert_run(&all[..chunk.min(all.len())])];
+        let mut parts = vec![convert_run(&all[..chunk.min(all.len())], net)];
         for worker in workers {
             match worker.join() {
                 Ok(part) => parts.push(part),
@@ -160,9 +207,9 @@ pub(crate) fn reservations(reservations: &[Reservation]) -> Vec<pb::Reservation>
         .collect()
 }
 
-fn convert_run(part: &[&Instance]) -> Vec<pb::Instance> {
+fn convert_run(part: &[&Instance], net: &NetNames) -> Vec<pb::Instance> {
     let mut times = Times::default();
-    part.iter().map(|i| instance(i, &mut times)).collect()
+    part.iter().map(|i| instance(i, net, &mut times)).collect()
 }
 
 pub(crate) fn changes(changes: Vec<StateChange>) -> pb::InstanceStateChanges {
@@ -392,6 +439,33 @@ pub(crate) fn desired(instance: engine::DesiredInstance) -> pb::DesiredInstance 
                 size_bytes: disk.size_bytes as i64,
             })
             .collect(),
+        interfaces: instance
+            .interfaces
+            .into_iter()
+            .map(|i| pb::NetworkInterface {
+                tap: i.tap,
+                mac: i.mac,
+                private_ip: i.private_ip.to_string(),
+                prefix_len: u32::from(i.prefix_len),
+                gateway: i.gateway.to_string(),
+                subnet_id: i.subnet_id,
+                vpc_id: i.vpc_id,
+                subnet_cidr: i.subnet_cidr.to_string(),
+                public_ip: i.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                security_group_ids: i.security_group_ids,
+                security_group_names: i.security_group_names,
+                dns: i.dns.iter().map(|d| d.to_string()).collect(),
+            })
+            .collect(),
+        imds: Some(pb::ImdsInfo {
+            instance_type: instance.imds.instance_type,
+            ami_id: instance.imds.ami_id,
+            availability_zone: instance.imds.availability_zone,
+            region: instance.imds.region,
+            http_tokens_required: instance.imds.http_tokens_required,
+            http_endpoint_enabled: instance.imds.http_endpoint_enabled,
+            http_put_response_hop_limit: u32::from(instance.imds.http_put_response_hop_limit),
+        }),
         metadata: Some(pb::InstanceMetadata {
             instance_id: instance.metadata.instance_id,
             hostname: instance.metadata.hostname,
@@ -413,5 +487,144 @@ pub(crate) fn actual(actual: pb::ActualInstance) -> engine::ActualReport {
         last_exit_detail: actual.last_exit_detail,
         boot_count: actual.boot_count,
         deleted_volumes: actual.deleted_volumes,
+    }
+}
+
+pub(crate) fn host_network(network: engine::HostNetwork) -> pb::HostNetwork {
+    pb::HostNetwork {
+        subnets: network
+            .subnets
+            .into_iter()
+            .map(|s| pb::NetSubnet {
+                subnet_id: s.subnet_id,
+                vpc_id: s.vpc_id,
+                cidr: s.cidr.to_string(),
+                gateway: s.gateway.to_string(),
+                number: s.number,
+                vpc_number: s.vpc_number,
+                peers: s.peers,
+                vpc_cidrs: s.vpc_cidrs.iter().map(|c| c.to_string()).collect(),
+            })
+            .collect(),
+        firewall_json: serde_json::to_string(&network.firewall).unwrap_or_default(),
+        elastic_ips: network
+            .elastic_ips
+            .into_iter()
+            .map(|e| pb::ElasticIp {
+                public_ip: e.public_ip.to_string(),
+                private_ip: e.private_ip.to_string(),
+                subnet_id: e.subnet_id,
+                instance_id: e.instance_id,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn permissions_in(permissions: Vec<pb::IpPermission>) -> Vec<engine::IpPermission> {
+    permissions
+        .into_iter()
+        .map(|p| engine::IpPermission {
+            ip_protocol: p.ip_protocol,
+            from_port: p.from_port,
+            to_port: p.to_port,
+            ip_ranges: p.ip_ranges.into_iter().map(|r| (r.cidr_ip, r.description)).collect(),
+            groups: p
+                .user_id_group_pairs
+                .into_iter()
+                .map(|g| (g.group_id, g.description))
+                .collect(),
+        })
+        .collect()
+}
+
+/// A group's rules as EC2 shows them: one permission per protocol and port range, with its
+/// peers gathered.
+pub(crate) fn permissions_out(rules: &[crate::model::GroupRule], owner_id: &str) -> Vec<pb::IpPermission> {
+    let mut out: Vec<pb::IpPermission> = Vec::new();
+    for rule in rules {
+        let ports = rule.protocol != "-1" && !(rule.from_port == -1 && rule.to_port == -1 && rule.protocol != "icmp");
+        let index = match out.iter().position(|p| {
+            p.ip_protocol == rule.protocol
+                && p.from_port == ports.then_some(rule.from_port)
+                && p.to_port == ports.then_some(rule.to_port)
+        }) {
+            Some(index) => index,
+            None => {
+                out.push(pb::IpPermission {
+                    ip_protocol: rule.protocol.clone(),
+                    from_port: ports.then_some(rule.from_port),
+                    to_port: ports.then_some(rule.to_port),
+                    ..pb::IpPermission::default()
+                });
+                out.len() - 1
+            }
+        };
+        match &rule.peer {
+            crate::model::RulePeer::Cidr(cidr) => out[index].ip_ranges.push(pb::IpRange {
+                cidr_ip: cidr.to_string(),
+                description: rule.description.clone(),
+            }),
+            crate::model::RulePeer::Group(id) => out[index].user_id_group_pairs.push(pb::UserIdGroupPair {
+                group_id: id.clone(),
+                description: rule.description.clone(),
+                user_id: owner_id.to_string(),
+            }),
+        }
+    }
+    out
+}
+
+pub(crate) fn security_group(group: &crate::model::SecurityGroup, owner_id: &str) -> pb::SecurityGroup {
+    pb::SecurityGroup {
+        group_id: group.id.clone(),
+        group_name: group.name.clone(),
+        description: group.description.clone(),
+        vpc_id: group.vpc_id.clone(),
+        owner_id: owner_id.to_string(),
+        ip_permissions: permissions_out(&group.ingress, owner_id),
+        ip_permissions_egress: permissions_out(&group.egress, owner_id),
+        tags: tags(&group.tags),
+    }
+}
+
+pub(crate) fn vpc(vpc: &crate::model::Vpc, owner_id: &str) -> pb::Vpc {
+    pb::Vpc {
+        vpc_id: vpc.id.clone(),
+        cidr_block: vpc.cidr.to_string(),
+        state: "available".into(),
+        is_default: vpc.is_default,
+        owner_id: owner_id.to_string(),
+        instance_tenancy: "default".into(),
+        tags: tags(&vpc.tags),
+    }
+}
+
+pub(crate) fn subnet(view: &engine::SubnetView, owner_id: &str) -> pb::Subnet {
+    let subnet = &view.subnet;
+    pb::Subnet {
+        subnet_id: subnet.id.clone(),
+        vpc_id: subnet.vpc_id.clone(),
+        cidr_block: subnet.cidr.to_string(),
+        availability_zone: subnet.availability_zone.clone(),
+        available_ip_address_count: view.available.min(i32::MAX as u64) as i32,
+        default_for_az: subnet.default_for_az,
+        map_public_ip_on_launch: false,
+        state: "available".into(),
+        tags: tags(&subnet.tags),
+        owner_id: owner_id.to_string(),
+    }
+}
+
+pub(crate) fn address(address: &crate::model::Address) -> pb::Address {
+    let association = address.association.as_ref();
+    pb::Address {
+        allocation_id: address.allocation_id.clone(),
+        public_ip: address.public_ip.to_string(),
+        domain: "vpc".into(),
+        association_id: association.map(|a| a.id.clone()).unwrap_or_default(),
+        instance_id: association.map(|a| a.instance_id.clone()).unwrap_or_default(),
+        private_ip_address: association.map(|a| a.private_ip.to_string()).unwrap_or_default(),
+        tags: tags(&address.tags),
+        public_ipv4_pool: "hearth".into(),
     }
 }

@@ -5,7 +5,7 @@ pub mod sqlite;
 
 use thiserror::Error;
 
-use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, SnapshotRecord, Volume};
+use crate::model::{ClientTokenRecord, Host, Image, Instance, KeyPair, NetRecord, SnapshotRecord, Volume};
 
 pub use sqlite::SqliteStore;
 
@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub client_tokens: Vec<ClientTokenRecord>,
     /// Volume snapshots.
     pub snapshots: Vec<SnapshotRecord>,
+    /// VPCs, subnets, security groups, Elastic IPs.
+    pub net: Vec<NetRecord>,
     /// The last desired-state revision handed out.
     pub revision: u64,
 }
@@ -90,6 +92,10 @@ pub struct Changes {
     pub snapshots: Vec<SnapshotRecord>,
     /// Snapshot IDs to delete.
     pub deleted_snapshots: Vec<String>,
+    /// Network records to write.
+    pub net: Vec<NetRecord>,
+    /// Network record IDs to delete.
+    pub deleted_net: Vec<String>,
     /// The new last revision, if it moved.
     pub revision: Option<u64>,
 }
@@ -110,6 +116,8 @@ impl Changes {
             && self.deleted_client_tokens.is_empty()
             && self.snapshots.is_empty()
             && self.deleted_snapshots.is_empty()
+            && self.net.is_empty()
+            && self.deleted_net.is_empty()
             && self.revision.is_none()
     }
 }

@@ -34,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX volumes_by_state ON volumes (state);",
     // 3: EBS snapshots.
     "CREATE TABLE snapshots (id TEXT PRIMARY KEY, volume_id TEXT NOT NULL, doc TEXT NOT NULL);",
+    // 4: VPCs, subnets, security groups, Elastic IPs.
+    "CREATE TABLE net (id TEXT PRIMARY KEY, kind TEXT NOT NULL, doc TEXT NOT NULL);",
 ];
 
 /// The schema version this build writes.
@@ -201,6 +203,17 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreErr
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])
             .map_err(db("delete a snapshot"))?;
     }
+    for record in &changes.net {
+        tx.execute(
+            "INSERT OR REPLACE INTO net (id, kind, doc) VALUES (?1, ?2, ?3)",
+            params![record.id(), record.kind(), encode(record)?],
+        )
+        .map_err(db("write a network record"))?;
+    }
+    for id in &changes.deleted_net {
+        tx.execute("DELETE FROM net WHERE id = ?1", [id])
+            .map_err(db("delete a network record"))?;
+    }
     if let Some(revision) = changes.revision {
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)",
@@ -226,6 +239,7 @@ impl Store for SqliteStore {
             hosts: self.load_docs("SELECT doc FROM hosts ORDER BY id")?,
             client_tokens: self.load_docs("SELECT doc FROM client_tokens ORDER BY token")?,
             snapshots: self.load_docs("SELECT doc FROM snapshots ORDER BY id")?,
+            net: self.load_docs("SELECT doc FROM net ORDER BY kind, id")?,
             revision: revision.unwrap_or(0).max(0) as u64,
         })
     }
@@ -254,6 +268,8 @@ mod tests {
             memory_mib: 16384,
             agent_version: "test".into(),
             revision,
+            underlay_ip: String::new(),
+            has_uplink: false,
         }
     }
 
