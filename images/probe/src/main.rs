@@ -25,9 +25,13 @@ macro_rules! say {
 mod acpi;
 mod block;
 mod cmdline;
+mod command;
+mod dhcp;
 mod io;
 mod net;
 mod rt;
+mod tcp;
+mod time;
 mod uart;
 mod virtio;
 
@@ -178,14 +182,12 @@ fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
             Some(rng) => entropy(rng),
             None => say!("rng failed no rng device"),
         },
-        b"net-echo" => {
-            let ip = cmdline::value(line, b"probe.ip").and_then(cmdline::parse_ip);
-            match (ip, first(devices, ID_NET)) {
-                (Some(ip), Some(nic)) => net::echo(nic, ip),
-                (None, _) => say!("net-echo needs probe.ip"),
-                (_, None) => say!("net-echo failed no net device"),
-            }
-        }
+        // With `probe.ip=` a static address, else DHCP.
+        b"net-echo" => match (net::static_config(line), first(devices, ID_NET)) {
+            (Ok(config), Some(nic)) => net::echo(nic, config),
+            (Err(bad), _) => say!("net-echo bad address ", bad),
+            (_, None) => say!("net-echo failed no net device"),
+        },
         b"await-button" => {
             say!("awaiting button");
             while !io::power_button_pressed() {}
