@@ -140,8 +140,10 @@
 #![deny(missing_docs)]
 
 mod compile;
+pub mod dhcp;
 pub mod imds;
 pub mod ipam;
+pub mod link;
 pub mod model;
 pub mod netns;
 mod nft;
