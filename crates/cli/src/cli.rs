@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// hearth: a private EC2. Talks to hearthd's Compute API like `aws ec2`.
 #[derive(Debug, Parser)]
@@ -399,6 +399,168 @@ pub enum Command {
     },
     /// Copy a snapshot (within this region)
     CopySnapshot(CopySnapshot),
+    /// Create a VPC
+    CreateVpc {
+        /// The VPC's IPv4 range, /16 to /28 (e.g. 10.0.0.0/16)
+        #[arg(long, value_name = "CIDR")]
+        cidr_block: String,
+        /// Tags for the VPC: 'ResourceType=vpc,Tags=[{Key=Name,Value=prod}]'
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        tag_specifications: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe VPCs (filters: vpc-id, cidr, cidr-block, is-default, state, tag:KEY, tag-key)
+    DescribeVpcs {
+        /// VPC IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        vpc_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Delete a VPC (its subnets and non-default security groups first)
+    DeleteVpc {
+        /// VPC ID
+        #[arg(long, value_name = "ID")]
+        vpc_id: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Create a subnet in a VPC
+    CreateSubnet {
+        /// VPC ID
+        #[arg(long, value_name = "ID")]
+        vpc_id: String,
+        /// The subnet's IPv4 range, inside the VPC's (e.g. 10.0.1.0/24)
+        #[arg(long, value_name = "CIDR")]
+        cidr_block: String,
+        /// Availability zone [default: the first zone]
+        #[arg(long, value_name = "ZONE")]
+        availability_zone: Option<String>,
+        /// Tags for the subnet: 'ResourceType=subnet,Tags=[{Key=Name,Value=private}]'
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        tag_specifications: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe subnets (filters: subnet-id, vpc-id, availability-zone, cidr-block, default-for-az, state, tag:KEY)
+    DescribeSubnets {
+        /// Subnet IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        subnet_ids: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Delete a subnet without instances
+    DeleteSubnet {
+        /// Subnet ID
+        #[arg(long, value_name = "ID")]
+        subnet_id: String,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Create a security group (no inbound rules, all outbound allowed)
+    CreateSecurityGroup {
+        /// Group name (unique in the VPC)
+        #[arg(long, value_name = "NAME")]
+        group_name: String,
+        /// Description
+        #[arg(long)]
+        description: String,
+        /// VPC ID [default: the default VPC]
+        #[arg(long, value_name = "ID")]
+        vpc_id: Option<String>,
+        /// Tags for the group: 'ResourceType=security-group,Tags=[{Key=Name,Value=web}]'
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        tag_specifications: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe security groups and their rules (filters: group-id, group-name, vpc-id, description, tag:KEY)
+    DescribeSecurityGroups {
+        /// Group IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        group_ids: Vec<String>,
+        /// Group names (in the default VPC)
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        group_names: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Delete a security group (not a VPC's default group, nor one that instances or other groups' rules use)
+    #[command(group(ArgGroup::new("group").required(true).args(["group_id", "group_name"])))]
+    DeleteSecurityGroup {
+        /// Group ID
+        #[arg(long, value_name = "ID")]
+        group_id: Option<String>,
+        /// Group name (in the default VPC)
+        #[arg(long, value_name = "NAME")]
+        group_name: Option<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Add inbound rules to a security group
+    AuthorizeSecurityGroupIngress(SecurityGroupRules),
+    /// Add outbound rules to a security group
+    AuthorizeSecurityGroupEgress(SecurityGroupRules),
+    /// Remove inbound rules from a security group
+    RevokeSecurityGroupIngress(SecurityGroupRules),
+    /// Remove outbound rules from a security group
+    RevokeSecurityGroupEgress(SecurityGroupRules),
+    /// Allocate an Elastic IP address
+    AllocateAddress {
+        /// Domain [default: vpc]
+        #[arg(long, value_name = "DOMAIN", value_parser = ["vpc"])]
+        domain: Option<String>,
+        /// A specific address of the pool
+        #[arg(long, value_name = "IP")]
+        address: Option<String>,
+        /// Tags for the address: 'ResourceType=elastic-ip,Tags=[{Key=Name,Value=web}]'
+        #[arg(long, num_args = 1.., value_name = "SPEC")]
+        tag_specifications: Vec<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Associate an Elastic IP address with an instance
+    AssociateAddress(AssociateAddress),
+    /// Disassociate an Elastic IP address from its instance
+    #[command(group(ArgGroup::new("address").required(true).args(["association_id", "public_ip"])))]
+    DisassociateAddress {
+        /// Association ID
+        #[arg(long, value_name = "ID")]
+        association_id: Option<String>,
+        /// The Elastic IP address
+        #[arg(long, value_name = "IP")]
+        public_ip: Option<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Release an Elastic IP address (disassociate it first)
+    #[command(group(ArgGroup::new("address").required(true).args(["allocation_id", "public_ip"])))]
+    ReleaseAddress {
+        /// Allocation ID
+        #[arg(long, value_name = "ID")]
+        allocation_id: Option<String>,
+        /// The Elastic IP address
+        #[arg(long, value_name = "IP")]
+        public_ip: Option<String>,
+        #[command(flatten)]
+        dry_run: DryRun,
+    },
+    /// Describe Elastic IP addresses (filters: allocation-id, association-id, instance-id, public-ip,
+    /// private-ip-address, domain, tag:KEY)
+    DescribeAddresses {
+        /// Allocation IDs
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        allocation_ids: Vec<String>,
+        /// Elastic IP addresses
+        #[arg(long, num_args = 1.., value_name = "IP")]
+        public_ips: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Change an instance's metadata service (169.254.169.254) options
+    ModifyInstanceMetadataOptions(ModifyInstanceMetadataOptions),
     /// Describe the region (one hearthd is one region)
     DescribeRegions,
     /// Describe the availability zones (groups of hosts)
@@ -456,8 +618,110 @@ pub struct RunInstances {
     /// Placement: AvailabilityZone=ZONE
     #[arg(long, value_name = "PLACEMENT")]
     pub placement: Option<String>,
+    /// Subnet to launch into [default: the default VPC's subnet of the zone]
+    #[arg(long, value_name = "ID")]
+    pub subnet_id: Option<String>,
+    /// Security group IDs [default: the VPC's default group]
+    #[arg(long, num_args = 1.., value_name = "ID")]
+    pub security_group_ids: Vec<String>,
+    /// Security group names (default VPC), instead of IDs
+    #[arg(long, num_args = 1.., value_name = "NAME")]
+    pub security_groups: Vec<String>,
+    /// Primary private IPv4 address, in the subnet [default: the lowest free one]
+    #[arg(long, value_name = "IP")]
+    pub private_ip_address: Option<String>,
+    /// Metadata service options: HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=2 (or JSON)
+    #[arg(long, value_name = "OPTIONS")]
+    pub metadata_options: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `authorize-security-group-ingress` and its three siblings: the group, and the rules as `--ip-permissions`
+/// or as aws's shortcut flags (`--protocol`, `--port`, `--cidr`, `--source-group`).
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("group").required(true).args(["group_id", "group_name"])))]
+#[command(group(ArgGroup::new("rules").required(true).args(["ip_permissions", "protocol"])))]
+pub struct SecurityGroupRules {
+    /// Group ID
+    #[arg(long, value_name = "ID")]
+    pub group_id: Option<String>,
+    /// Group name (in the default VPC)
+    #[arg(long, value_name = "NAME")]
+    pub group_name: Option<String>,
+    /// Rules, shorthand or JSON (several allowed):
+    /// IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh}],UserIdGroupPairs=[{GroupId=sg-1}]
+    #[arg(long, num_args = 1.., value_name = "PERMISSION")]
+    pub ip_permissions: Vec<String>,
+    /// Shortcut for one rule: tcp, udp, icmp, all (-1) or a protocol number
+    #[arg(long, value_name = "PROTOCOL", allow_negative_numbers = true)]
+    pub protocol: Option<String>,
+    /// With --protocol: a port (22), a range (1000-2000) or -1 for all; for icmp, the type (8, or 8-0 for
+    /// type 8 code 0)
+    #[arg(
+        long,
+        value_name = "PORTS",
+        allow_negative_numbers = true,
+        requires = "protocol",
+        conflicts_with = "ip_permissions"
+    )]
+    pub port: Option<String>,
+    /// With --protocol: the IPv4 range the rule allows (from for ingress, to for egress)
+    #[arg(long, value_name = "CIDR", requires = "protocol", conflicts_with = "ip_permissions")]
+    pub cidr: Option<String>,
+    /// With --protocol: the security group (sg-...) the rule allows
+    #[arg(long, value_name = "ID", requires = "protocol", conflicts_with = "ip_permissions")]
+    pub source_group: Option<String>,
+    /// With --source-group: the group's owner (account ID)
+    #[arg(long, value_name = "ACCOUNT", requires = "source_group")]
+    pub group_owner: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+}
+
+/// `associate-address`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("address").required(true).args(["allocation_id", "public_ip"])))]
+pub struct AssociateAddress {
+    /// Allocation ID of the Elastic IP
+    #[arg(long, value_name = "ID")]
+    pub allocation_id: Option<String>,
+    /// The Elastic IP address (instead of --allocation-id)
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<String>,
+    /// Instance ID
+    #[arg(long, value_name = "ID")]
+    pub instance_id: String,
+    /// Move the address even if it is associated with another instance
+    #[arg(long, conflicts_with = "no_allow_reassociation")]
+    pub allow_reassociation: bool,
+    /// Fail if the address is associated already (the default)
+    #[arg(long)]
+    pub no_allow_reassociation: bool,
+    /// The instance's private address to map to [default: its primary]
+    #[arg(long, value_name = "IP")]
+    pub private_ip_address: Option<String>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
+}
+
+/// `modify-instance-metadata-options`.
+#[derive(Debug, Args)]
+pub struct ModifyInstanceMetadataOptions {
+    /// Instance ID
+    #[arg(long, value_name = "ID")]
+    pub instance_id: String,
+    /// required: IMDSv2 (session tokens) only; optional: v1 and v2
+    #[arg(long, value_enum, value_name = "TOKENS")]
+    pub http_tokens: Option<HttpTokens>,
+    /// Whether the metadata service answers at all
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub http_endpoint: Option<HttpEndpoint>,
+    /// Hops (1..64) a token response (PUT) may travel
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=64))]
+    pub http_put_response_hop_limit: Option<i32>,
+    #[command(flatten)]
+    pub dry_run: DryRun,
 }
 
 /// `modify-instance-attribute`.
@@ -487,6 +751,9 @@ pub struct ModifyInstanceAttribute {
     /// New initrd path on the hearthd host, while stopped
     #[arg(long, value_name = "PATH")]
     pub ramdisk: Option<String>,
+    /// Replace the instance's security groups (IDs; alone, not with other attributes)
+    #[arg(long, num_args = 1.., value_name = "ID")]
+    pub groups: Vec<String>,
     /// aws's generic form: the attribute to change (with --value)
     #[arg(long, value_enum, requires = "value")]
     pub attribute: Option<InstanceAttributeName>,
@@ -706,6 +973,40 @@ impl VolumeType {
             VolumeType::St1 => "st1",
             VolumeType::Sc1 => "sc1",
             VolumeType::Standard => "standard",
+        }
+    }
+}
+
+/// `--http-tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpTokens {
+    Optional,
+    Required,
+}
+
+impl HttpTokens {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpTokens::Optional => "optional",
+            HttpTokens::Required => "required",
+        }
+    }
+}
+
+/// `--http-endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpEndpoint {
+    Enabled,
+    Disabled,
+}
+
+impl HttpEndpoint {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpEndpoint::Enabled => "enabled",
+            HttpEndpoint::Disabled => "disabled",
         }
     }
 }
@@ -936,6 +1237,197 @@ mod tests {
             2
         );
         assert!(parse(&["register-image", "--image-location", "/i/image.json"]).is_ok());
+    }
+
+    #[test]
+    fn networking_commands_parse_like_aws() {
+        let cli = parse(&[
+            "authorize-security-group-ingress",
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "-1",
+            "--port",
+            "-1",
+            "--cidr",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::AuthorizeSecurityGroupIngress(rules) => {
+                assert_eq!(rules.group_id.as_deref(), Some("sg-1"));
+                assert_eq!(rules.protocol.as_deref(), Some("-1"));
+                assert_eq!(rules.port.as_deref(), Some("-1"));
+                assert_eq!(rules.cidr.as_deref(), Some("10.0.0.0/8"));
+                assert!(rules.ip_permissions.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "revoke-security-group-egress",
+            "--group-name",
+            "web",
+            "--ip-permissions",
+            "IpProtocol=tcp,FromPort=80,ToPort=80,IpRanges=[{CidrIp=0.0.0.0/0}]",
+            "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=0.0.0.0/0}]",
+            "--dry-run",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::RevokeSecurityGroupEgress(rules) => {
+                assert_eq!(rules.group_name.as_deref(), Some("web"));
+                assert_eq!(rules.ip_permissions.len(), 2);
+                assert!(rules.dry_run.dry_run);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "describe-security-groups",
+            "--group-names",
+            "default",
+            "web",
+            "--filters",
+            "Name=vpc-id,Values=vpc-1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::DescribeSecurityGroups {
+                group_ids,
+                group_names,
+                filters,
+            } => {
+                assert!(group_ids.is_empty());
+                assert_eq!(group_names, ["default", "web"]);
+                assert_eq!(filters.filters.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "associate-address",
+            "--allocation-id",
+            "eipalloc-1",
+            "--instance-id",
+            "i-1",
+            "--allow-reassociation",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::AssociateAddress(args) => {
+                assert_eq!(args.allocation_id.as_deref(), Some("eipalloc-1"));
+                assert!(args.allow_reassociation);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "modify-instance-metadata-options",
+            "--instance-id",
+            "i-1",
+            "--http-tokens",
+            "required",
+            "--http-endpoint",
+            "disabled",
+            "--http-put-response-hop-limit",
+            "64",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::ModifyInstanceMetadataOptions(args) => {
+                assert_eq!(args.http_tokens, Some(HttpTokens::Required));
+                assert_eq!(args.http_endpoint, Some(HttpEndpoint::Disabled));
+                assert_eq!(args.http_put_response_hop_limit, Some(64));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["allocate-address", "--domain", "vpc", "--address", "203.0.113.7"]).unwrap();
+        match cli.command {
+            Command::AllocateAddress { domain, address, .. } => {
+                assert_eq!(domain.as_deref(), Some("vpc"));
+                assert_eq!(address.as_deref(), Some("203.0.113.7"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn networking_usage_errors() {
+        let exit = |args: &[&str]| parse(args).unwrap_err().exit_code();
+        assert_eq!(exit(&["create-vpc"]), 2, "--cidr-block is required");
+        assert_eq!(
+            exit(&["create-subnet", "--cidr-block", "10.0.1.0/24"]),
+            2,
+            "--vpc-id too"
+        );
+        assert_eq!(
+            exit(&["create-security-group", "--group-name", "web"]),
+            2,
+            "--description too"
+        );
+        // Exactly one of --group-id and --group-name.
+        assert_eq!(exit(&["delete-security-group"]), 2);
+        assert_eq!(
+            exit(&["delete-security-group", "--group-id", "sg-1", "--group-name", "web"]),
+            2
+        );
+        let rules = ["authorize-security-group-ingress", "--group-id", "sg-1"];
+        assert_eq!(exit(&rules), 2, "no rules");
+        assert_eq!(
+            exit(&["authorize-security-group-egress", "--protocol", "tcp"]),
+            2,
+            "no group"
+        );
+        for shortcut in [&["--protocol", "tcp"][..], &["--port", "22"], &["--cidr", "0.0.0.0/0"]] {
+            let args = [&rules[..], &["--ip-permissions", "IpProtocol=-1"], shortcut].concat();
+            assert_eq!(exit(&args), 2, "{shortcut:?} with --ip-permissions");
+        }
+        assert_eq!(
+            exit(&[&rules[..], &["--port", "22", "--cidr", "0.0.0.0/0"]].concat()),
+            2
+        );
+        assert_eq!(
+            exit(&[&rules[..], &["--protocol", "tcp", "--group-owner", "1"]].concat()),
+            2,
+            "--group-owner needs --source-group"
+        );
+        // Exactly one of --allocation-id and --public-ip (--association-id for disassociate).
+        assert_eq!(exit(&["associate-address", "--instance-id", "i-1"]), 2);
+        assert_eq!(
+            exit(&[
+                "associate-address",
+                "--instance-id",
+                "i-1",
+                "--allocation-id",
+                "eipalloc-1",
+                "--public-ip",
+                "203.0.113.7"
+            ]),
+            2
+        );
+        assert_eq!(
+            exit(&[
+                "associate-address",
+                "--public-ip",
+                "203.0.113.7",
+                "--instance-id",
+                "i-1",
+                "--allow-reassociation",
+                "--no-allow-reassociation"
+            ]),
+            2
+        );
+        assert_eq!(exit(&["disassociate-address"]), 2);
+        assert_eq!(exit(&["release-address"]), 2);
+        assert_eq!(exit(&["allocate-address", "--domain", "standard"]), 2);
+        let metadata = ["modify-instance-metadata-options", "--instance-id", "i-1"];
+        assert_eq!(exit(&[&metadata[..], &["--http-tokens", "always"]].concat()), 2);
+        assert_eq!(exit(&[&metadata[..], &["--http-endpoint", "on"]].concat()), 2);
+        assert_eq!(
+            exit(&[&metadata[..], &["--http-put-response-hop-limit", "0"]].concat()),
+            2
+        );
+        assert_eq!(
+            exit(&[&metadata[..], &["--http-put-response-hop-limit", "65"]].concat()),
+            2
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use hearth_api::v1 as api;
 use serde_json::Value;
 
 use crate::cli::{
-    Command, CopySnapshot, CreateVolume, InstanceAttributeName, ModifyInstanceAttribute, ModifyVolume, OutputFormat,
-    RegisterImage, RunInstances, WaitArgs,
+    AssociateAddress, Command, CopySnapshot, CreateVolume, InstanceAttributeName, ModifyInstanceAttribute,
+    ModifyInstanceMetadataOptions, ModifyVolume, OutputFormat, RegisterImage, RunInstances, SecurityGroupRules,
+    WaitArgs,
 };
 use crate::connect::Session;
 use crate::error::CliError;
@@ -123,6 +124,15 @@ pub fn run_instances_request(args: &RunInstances) -> Result<api::RunInstancesReq
             Some(placement) => params::placement_zone("--placement", placement)?,
             None => String::new(),
         },
+        subnet_id: non_empty(args.subnet_id.clone()),
+        security_group_ids: args.security_group_ids.clone(),
+        security_groups: args.security_groups.clone(),
+        private_ip_address: non_empty(args.private_ip_address.clone()),
+        metadata_options: args
+            .metadata_options
+            .as_deref()
+            .map(|options| params::metadata_options("--metadata-options", options))
+            .transpose()?,
     })
 }
 
@@ -196,14 +206,153 @@ pub fn modify_instance_attribute_request(
         request.kernel.is_some(),
         request.ramdisk.is_some(),
     ];
+    if !args.groups.is_empty() {
+        if changes.contains(&true) {
+            return Err(CliError::Usage(
+                "modify-instance-attribute: --groups changes the security groups alone; change the other \
+                 attributes in another call"
+                    .into(),
+            ));
+        }
+        request.groups = args.groups.clone();
+        return Ok(request);
+    }
     if !changes.contains(&true) {
         return Err(CliError::Usage(
             "modify-instance-attribute: give an attribute to change (e.g. --instance-type t3.large, \
-             --disable-api-termination, or --attribute NAME --value VALUE)"
+             --disable-api-termination, --groups sg-1 sg-2, or --attribute NAME --value VALUE)"
                 .into(),
         ));
     }
     Ok(request)
+}
+
+/// The SecurityGroupRulesRequest of `authorize-security-group-ingress` (and egress, and the revokes): the rules
+/// from `--ip-permissions`, or one rule from aws's shortcut flags `--protocol`, `--port`, `--cidr` and
+/// `--source-group`.
+pub fn security_group_rules_request(args: &SecurityGroupRules) -> Result<api::SecurityGroupRulesRequest, CliError> {
+    let group_id = non_empty(args.group_id.clone());
+    let group_name = non_empty(args.group_name.clone());
+    if group_id.is_empty() == group_name.is_empty() {
+        return Err(CliError::Usage(
+            "give the security group: --group-id ID or --group-name NAME (one of them)".into(),
+        ));
+    }
+    let shortcut = [
+        ("--protocol", args.protocol.is_some()),
+        ("--port", args.port.is_some()),
+        ("--cidr", args.cidr.is_some()),
+        ("--source-group", args.source_group.is_some()),
+        ("--group-owner", args.group_owner.is_some()),
+    ];
+    let ip_permissions = if !args.ip_permissions.is_empty() {
+        if let Some((flag, _)) = shortcut.iter().find(|(_, given)| *given) {
+            return Err(CliError::parameter(
+                "--ip-permissions",
+                format!("The {flag} option is not compatible with the --ip-permissions option"),
+            ));
+        }
+        params::ip_permissions("--ip-permissions", &args.ip_permissions)?
+    } else {
+        vec![shortcut_permission(args)?]
+    };
+    Ok(api::SecurityGroupRulesRequest {
+        group_id,
+        group_name,
+        ip_permissions,
+        dry_run: args.dry_run.dry_run,
+    })
+}
+
+/// The one rule of the shortcut flags.
+fn shortcut_permission(args: &SecurityGroupRules) -> Result<api::IpPermission, CliError> {
+    let Some(protocol) = &args.protocol else {
+        return Err(CliError::Usage(
+            "give the rules: --ip-permissions (shorthand or JSON), or --protocol PROTOCOL [--port PORTS] with \
+             --cidr CIDR or --source-group sg-..."
+                .into(),
+        ));
+    };
+    let protocol = params::protocol("--protocol", protocol)?;
+    let icmp = matches!(protocol.as_str(), "icmp" | "1");
+    let (from_port, to_port) = match &args.port {
+        Some(port) => {
+            let (from, to) = params::port_range("--port", port, icmp)?;
+            (Some(from), Some(to))
+        }
+        None if matches!(protocol.as_str(), "tcp" | "udp" | "6" | "17") => {
+            return Err(CliError::Usage(format!(
+                "--protocol {protocol} needs --port: a port (22), a range (1000-2000), or -1 for all ports"
+            )))
+        }
+        None => (None, None),
+    };
+    if args.cidr.is_none() && args.source_group.is_none() {
+        return Err(CliError::Usage(
+            "--protocol needs --cidr CIDR or --source-group sg-... (the addresses the rule allows)".into(),
+        ));
+    }
+    let ip_ranges = args
+        .cidr
+        .iter()
+        .map(|cidr| api::IpRange {
+            cidr_ip: cidr.clone(),
+            description: String::new(),
+        })
+        .collect();
+    let mut user_id_group_pairs = Vec::new();
+    if let Some(group) = &args.source_group {
+        if !group.starts_with("sg-") {
+            return Err(CliError::parameter(
+                "--source-group",
+                format!("expected a security group ID (sg-...), not {group:?}"),
+            ));
+        }
+        user_id_group_pairs.push(api::UserIdGroupPair {
+            group_id: group.clone(),
+            description: String::new(),
+            user_id: non_empty(args.group_owner.clone()),
+        });
+    }
+    Ok(api::IpPermission {
+        ip_protocol: protocol,
+        from_port,
+        to_port,
+        ip_ranges,
+        user_id_group_pairs,
+    })
+}
+
+/// The AssociateAddress request of `associate-address`.
+pub fn associate_address_request(args: &AssociateAddress) -> Result<api::AssociateAddressRequest, CliError> {
+    let allocation_id = non_empty(args.allocation_id.clone());
+    let public_ip = non_empty(args.public_ip.clone());
+    if allocation_id.is_empty() == public_ip.is_empty() {
+        return Err(CliError::Usage(
+            "associate-address: give the address: --allocation-id ID or --public-ip IP (one of them)".into(),
+        ));
+    }
+    Ok(api::AssociateAddressRequest {
+        allocation_id,
+        instance_id: args.instance_id.clone(),
+        allow_reassociation: args.allow_reassociation && !args.no_allow_reassociation,
+        private_ip_address: non_empty(args.private_ip_address.clone()),
+        public_ip,
+        dry_run: args.dry_run.dry_run,
+    })
+}
+
+/// The ModifyInstanceMetadataOptions request of `modify-instance-metadata-options` (what is not given stays).
+pub fn modify_instance_metadata_options_request(
+    args: &ModifyInstanceMetadataOptions,
+) -> api::ModifyInstanceMetadataOptionsRequest {
+    api::ModifyInstanceMetadataOptionsRequest {
+        instance_id: args.instance_id.clone(),
+        http_tokens: args.http_tokens.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        http_endpoint: args.http_endpoint.map(|e| e.as_str().to_owned()).unwrap_or_default(),
+        http_put_response_hop_limit: args.http_put_response_hop_limit,
+        dry_run: args.dry_run.dry_run,
+    }
 }
 
 /// The root device name hearthd uses when none is given.
@@ -808,6 +957,264 @@ pub async fn run(session: &mut Session, format: OutputFormat, command: Command) 
             let known = vec![(response.snapshot_id.clone(), String::new())];
             wait_if_asked(session, &args.wait, Goal::SnapshotCompleted, known).await
         }
+        Command::CreateVpc {
+            cidr_block,
+            tag_specifications,
+            dry_run,
+        } => {
+            let request = api::CreateVpcRequest {
+                cidr_block,
+                tag_specifications: params::tag_specifications("--tag-specifications", &tag_specifications)?,
+                dry_run: dry_run.dry_run,
+            };
+            let vpc = call!(session, create_vpc, "CreateVpc", request)?;
+            print(&render(
+                format,
+                || json::create_vpc(&vpc),
+                || table::vpcs(std::slice::from_ref(&vpc)),
+            ))
+        }
+        Command::DescribeVpcs { vpc_ids, filters } => {
+            let request = api::DescribeVpcsRequest {
+                vpc_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_vpcs, "DescribeVpcs", request)?;
+            print(&render(
+                format,
+                || json::describe_vpcs(&response),
+                || table::vpcs(&response.vpcs),
+            ))
+        }
+        Command::DeleteVpc { vpc_id, dry_run } => {
+            let request = api::VpcIdRequest {
+                vpc_id,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_vpc, "DeleteVpc", request)?;
+            Ok(())
+        }
+        Command::CreateSubnet {
+            vpc_id,
+            cidr_block,
+            availability_zone,
+            tag_specifications,
+            dry_run,
+        } => {
+            let request = api::CreateSubnetRequest {
+                vpc_id,
+                cidr_block,
+                availability_zone: non_empty(availability_zone),
+                tag_specifications: params::tag_specifications("--tag-specifications", &tag_specifications)?,
+                dry_run: dry_run.dry_run,
+            };
+            let subnet = call!(session, create_subnet, "CreateSubnet", request)?;
+            print(&render(
+                format,
+                || json::create_subnet(&subnet),
+                || table::subnets(std::slice::from_ref(&subnet)),
+            ))
+        }
+        Command::DescribeSubnets { subnet_ids, filters } => {
+            let request = api::DescribeSubnetsRequest {
+                subnet_ids,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_subnets, "DescribeSubnets", request)?;
+            print(&render(
+                format,
+                || json::describe_subnets(&response),
+                || table::subnets(&response.subnets),
+            ))
+        }
+        Command::DeleteSubnet { subnet_id, dry_run } => {
+            let request = api::SubnetIdRequest {
+                subnet_id,
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_subnet, "DeleteSubnet", request)?;
+            Ok(())
+        }
+        Command::CreateSecurityGroup {
+            group_name,
+            description,
+            vpc_id,
+            tag_specifications,
+            dry_run,
+        } => {
+            let request = api::CreateSecurityGroupRequest {
+                group_name,
+                description,
+                vpc_id: non_empty(vpc_id),
+                tag_specifications: params::tag_specifications("--tag-specifications", &tag_specifications)?,
+                dry_run: dry_run.dry_run,
+            };
+            let response = call!(session, create_security_group, "CreateSecurityGroup", request)?;
+            print(&render(
+                format,
+                || json::security_group_id(&response),
+                || table::single("GROUP", &response.group_id),
+            ))
+        }
+        Command::DescribeSecurityGroups {
+            group_ids,
+            group_names,
+            filters,
+        } => {
+            let request = api::DescribeSecurityGroupsRequest {
+                group_ids,
+                group_names,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_security_groups, "DescribeSecurityGroups", request)?;
+            print(&render(
+                format,
+                || json::describe_security_groups(&response),
+                || table::security_groups(&response),
+            ))
+        }
+        Command::DeleteSecurityGroup {
+            group_id,
+            group_name,
+            dry_run,
+        } => {
+            let request = api::DeleteSecurityGroupRequest {
+                group_id: non_empty(group_id),
+                group_name: non_empty(group_name),
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, delete_security_group, "DeleteSecurityGroup", request)?;
+            Ok(())
+        }
+        Command::AuthorizeSecurityGroupIngress(args) => {
+            let request = security_group_rules_request(&args)?;
+            let rules = request.clone();
+            call!(
+                session,
+                authorize_security_group_ingress,
+                "AuthorizeSecurityGroupIngress",
+                request
+            )?;
+            print(&render(format, json::return_true, || table::rules(&rules, "ingress")))
+        }
+        Command::AuthorizeSecurityGroupEgress(args) => {
+            let request = security_group_rules_request(&args)?;
+            let rules = request.clone();
+            call!(
+                session,
+                authorize_security_group_egress,
+                "AuthorizeSecurityGroupEgress",
+                request
+            )?;
+            print(&render(format, json::return_true, || table::rules(&rules, "egress")))
+        }
+        Command::RevokeSecurityGroupIngress(args) => {
+            let request = security_group_rules_request(&args)?;
+            let rules = request.clone();
+            call!(
+                session,
+                revoke_security_group_ingress,
+                "RevokeSecurityGroupIngress",
+                request
+            )?;
+            print(&render(format, json::return_true, || table::rules(&rules, "ingress")))
+        }
+        Command::RevokeSecurityGroupEgress(args) => {
+            let request = security_group_rules_request(&args)?;
+            let rules = request.clone();
+            call!(
+                session,
+                revoke_security_group_egress,
+                "RevokeSecurityGroupEgress",
+                request
+            )?;
+            print(&render(format, json::return_true, || table::rules(&rules, "egress")))
+        }
+        Command::AllocateAddress {
+            domain,
+            address,
+            tag_specifications,
+            dry_run,
+        } => {
+            let request = api::AllocateAddressRequest {
+                domain: non_empty(domain),
+                address: non_empty(address),
+                tag_specifications: params::tag_specifications("--tag-specifications", &tag_specifications)?,
+                dry_run: dry_run.dry_run,
+            };
+            let address = call!(session, allocate_address, "AllocateAddress", request)?;
+            print(&render(
+                format,
+                || json::allocate_address(&address),
+                || table::addresses(std::slice::from_ref(&address)),
+            ))
+        }
+        Command::AssociateAddress(args) => {
+            let request = associate_address_request(&args)?;
+            let response = call!(session, associate_address, "AssociateAddress", request)?;
+            print(&render(
+                format,
+                || json::associate_address(&response),
+                || table::single("ASSOCIATION", &response.association_id),
+            ))
+        }
+        Command::DisassociateAddress {
+            association_id,
+            public_ip,
+            dry_run,
+        } => {
+            let request = api::DisassociateAddressRequest {
+                association_id: non_empty(association_id),
+                public_ip: non_empty(public_ip),
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, disassociate_address, "DisassociateAddress", request)?;
+            Ok(())
+        }
+        Command::ReleaseAddress {
+            allocation_id,
+            public_ip,
+            dry_run,
+        } => {
+            let request = api::ReleaseAddressRequest {
+                allocation_id: non_empty(allocation_id),
+                public_ip: non_empty(public_ip),
+                dry_run: dry_run.dry_run,
+            };
+            call!(session, release_address, "ReleaseAddress", request)?;
+            Ok(())
+        }
+        Command::DescribeAddresses {
+            allocation_ids,
+            public_ips,
+            filters,
+        } => {
+            let request = api::DescribeAddressesRequest {
+                allocation_ids,
+                public_ips,
+                filters: params::filters("--filters", &filters.filters)?,
+            };
+            let response = call!(session, describe_addresses, "DescribeAddresses", request)?;
+            print(&render(
+                format,
+                || json::describe_addresses(&response),
+                || table::addresses(&response.addresses),
+            ))
+        }
+        Command::ModifyInstanceMetadataOptions(args) => {
+            let request = modify_instance_metadata_options_request(&args);
+            let options = call!(
+                session,
+                modify_instance_metadata_options,
+                "ModifyInstanceMetadataOptions",
+                request
+            )?;
+            print(&render(
+                format,
+                || json::modify_instance_metadata_options(&args.instance_id, &options),
+                || table::instance_metadata_options(&args.instance_id, &options),
+            ))
+        }
         Command::DescribeRegions => {
             let response = call!(
                 session,
@@ -1017,6 +1424,369 @@ mod tests {
                 .exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn run_instances_network_flags() {
+        let Command::RunInstances(args) = command(&[
+            "run-instances",
+            "--image-id",
+            "ami-1",
+            "--subnet-id",
+            "subnet-0001",
+            "--security-group-ids",
+            "sg-0001",
+            "sg-0002",
+            "--private-ip-address",
+            "10.0.1.10",
+            "--metadata-options",
+            "HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=2",
+        ]) else {
+            panic!()
+        };
+        let request = run_instances_request(&args).unwrap();
+        assert_eq!(request.subnet_id, "subnet-0001");
+        assert_eq!(request.security_group_ids, ["sg-0001", "sg-0002"]);
+        assert!(request.security_groups.is_empty());
+        assert_eq!(request.private_ip_address, "10.0.1.10");
+        assert_eq!(
+            request.metadata_options,
+            Some(api::InstanceMetadataOptions {
+                http_tokens: "required".into(),
+                http_endpoint: "enabled".into(),
+                http_put_response_hop_limit: 2,
+            })
+        );
+
+        let Command::RunInstances(args) = command(&[
+            "run-instances",
+            "--image-id",
+            "ami-1",
+            "--security-groups",
+            "default",
+            "web",
+            "--metadata-options",
+            r#"{"HttpTokens": "optional"}"#,
+        ]) else {
+            panic!()
+        };
+        let request = run_instances_request(&args).unwrap();
+        assert_eq!(request.security_groups, ["default", "web"]);
+        assert_eq!(
+            (request.subnet_id.as_str(), request.private_ip_address.as_str()),
+            ("", "")
+        );
+        assert_eq!(request.metadata_options.unwrap().http_tokens, "optional");
+
+        let Command::RunInstances(args) = command(&["run-instances", "--image-id", "ami-1"]) else {
+            panic!()
+        };
+        assert_eq!(run_instances_request(&args).unwrap().metadata_options, None);
+        let Command::RunInstances(args) =
+            command(&["run-instances", "--image-id", "ami-1", "--metadata-options", "Tokens=1"])
+        else {
+            panic!()
+        };
+        assert_eq!(run_instances_request(&args).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn modify_instance_attribute_groups_alone() {
+        let modify = |args: &[&str]| {
+            let mut full = vec!["modify-instance-attribute", "--instance-id", "i-1"];
+            full.extend_from_slice(args);
+            let Command::ModifyInstanceAttribute(args) = command(&full) else {
+                panic!()
+            };
+            modify_instance_attribute_request(&args)
+        };
+        let request = modify(&["--groups", "sg-1", "sg-2"]).unwrap();
+        assert_eq!(request.groups, ["sg-1", "sg-2"]);
+        assert_eq!(request.instance_type, None);
+        assert!(modify(&["--instance-type", "t3.large"]).unwrap().groups.is_empty());
+        let error = modify(&["--groups", "sg-1", "--disable-api-termination"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(
+            error.to_string().contains("--groups changes the security groups alone"),
+            "{error}"
+        );
+    }
+
+    fn rules(args: &[&str]) -> Result<api::SecurityGroupRulesRequest, CliError> {
+        let mut full = vec!["authorize-security-group-ingress"];
+        full.extend_from_slice(args);
+        let Command::AuthorizeSecurityGroupIngress(args) = command(&full) else {
+            panic!()
+        };
+        security_group_rules_request(&args)
+    }
+
+    fn cidr(cidr: &str) -> api::IpRange {
+        api::IpRange {
+            cidr_ip: cidr.into(),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn security_group_rules_from_the_shortcut_flags() {
+        let request = rules(&[
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "tcp",
+            "--port",
+            "1000-2000",
+            "--cidr",
+            "10.0.0.0/8",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert_eq!(
+            request,
+            api::SecurityGroupRulesRequest {
+                group_id: "sg-1".into(),
+                group_name: String::new(),
+                ip_permissions: vec![api::IpPermission {
+                    ip_protocol: "tcp".into(),
+                    from_port: Some(1000),
+                    to_port: Some(2000),
+                    ip_ranges: vec![cidr("10.0.0.0/8")],
+                    user_id_group_pairs: vec![],
+                }],
+                dry_run: true,
+            }
+        );
+        // From another group, by name of the group changed.
+        let request = rules(&[
+            "--group-name",
+            "db",
+            "--protocol",
+            "udp",
+            "--port",
+            "53",
+            "--source-group",
+            "sg-2",
+            "--group-owner",
+            "000000000000",
+        ])
+        .unwrap();
+        assert_eq!((request.group_id.as_str(), request.group_name.as_str()), ("", "db"));
+        let permission = &request.ip_permissions[0];
+        assert_eq!((permission.from_port, permission.to_port), (Some(53), Some(53)));
+        assert!(permission.ip_ranges.is_empty());
+        assert_eq!(
+            permission.user_id_group_pairs,
+            [api::UserIdGroupPair {
+                group_id: "sg-2".into(),
+                description: String::new(),
+                user_id: "000000000000".into(),
+            }]
+        );
+        // icmp: --port is the type; all: no ports needed, `all` is sent as -1.
+        let icmp = &rules(&[
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "icmp",
+            "--port",
+            "8",
+            "--cidr",
+            "0.0.0.0/0",
+        ])
+        .unwrap()
+        .ip_permissions[0];
+        assert_eq!(
+            (icmp.ip_protocol.as_str(), icmp.from_port, icmp.to_port),
+            ("icmp", Some(8), Some(-1))
+        );
+        let icmp = &rules(&["--group-id", "sg-1", "--protocol", "icmp", "--cidr", "0.0.0.0/0"])
+            .unwrap()
+            .ip_permissions[0];
+        assert_eq!((icmp.from_port, icmp.to_port), (None, None));
+        let all = &rules(&[
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "all",
+            "--cidr",
+            "0.0.0.0/0",
+            "--source-group",
+            "sg-1",
+        ])
+        .unwrap()
+        .ip_permissions[0];
+        assert_eq!(
+            (all.ip_protocol.as_str(), all.from_port, all.to_port),
+            ("-1", None, None)
+        );
+        assert_eq!((all.ip_ranges.len(), all.user_id_group_pairs.len()), (1, 1));
+        let every_port = &rules(&[
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "tcp",
+            "--port",
+            "-1",
+            "--cidr",
+            "0.0.0.0/0",
+        ])
+        .unwrap()
+        .ip_permissions[0];
+        assert_eq!((every_port.from_port, every_port.to_port), (Some(-1), Some(-1)));
+    }
+
+    #[test]
+    fn security_group_rules_from_ip_permissions() {
+        let request = rules(&[
+            "--group-id",
+            "sg-1",
+            "--ip-permissions",
+            "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh}]",
+            r#"[{"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "UserIdGroupPairs": [{"GroupId": "sg-2"}]}]"#,
+        ])
+        .unwrap();
+        assert_eq!(request.ip_permissions.len(), 2);
+        assert_eq!(request.ip_permissions[0].ip_ranges[0].description, "ssh");
+        assert_eq!(request.ip_permissions[1].ip_protocol, "udp");
+        assert_eq!(request.ip_permissions[1].user_id_group_pairs[0].group_id, "sg-2");
+        let error = rules(&["--group-id", "sg-1", "--ip-permissions", "IpProtocol=tcp,FromPort=x"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("Error parsing parameter '--ip-permissions'"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn security_group_rule_errors() {
+        let message = |args: &[&str]| {
+            let error = rules(&[&["--group-id", "sg-1"][..], args].concat()).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            error.to_string()
+        };
+        assert_eq!(
+            message(&["--protocol", "tcp", "--cidr", "0.0.0.0/0"]),
+            "--protocol tcp needs --port: a port (22), a range (1000-2000), or -1 for all ports"
+        );
+        assert_eq!(
+            message(&["--protocol", "udp", "--port", "53"]),
+            "--protocol needs --cidr CIDR or --source-group sg-... (the addresses the rule allows)"
+        );
+        assert!(
+            message(&["--protocol", "gre", "--cidr", "0.0.0.0/0"]).starts_with("Error parsing parameter '--protocol'")
+        );
+        assert!(message(&["--protocol", "tcp", "--port", "a-b", "--cidr", "0.0.0.0/0"])
+            .starts_with("Error parsing parameter '--port'"));
+        assert_eq!(
+            message(&["--protocol", "tcp", "--port", "22", "--source-group", "web"]),
+            "Error parsing parameter '--source-group': expected a security group ID (sg-...), not \"web\""
+        );
+        // The builder checks what clap checks too, for callers that build the arguments themselves.
+        let Command::AuthorizeSecurityGroupIngress(mut args) = command(&[
+            "authorize-security-group-ingress",
+            "--group-id",
+            "sg-1",
+            "--protocol",
+            "tcp",
+        ]) else {
+            panic!()
+        };
+        args.ip_permissions = vec!["IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]".into()];
+        assert_eq!(
+            security_group_rules_request(&args).unwrap_err().to_string(),
+            "Error parsing parameter '--ip-permissions': The --protocol option is not compatible with the \
+             --ip-permissions option"
+        );
+        args.protocol = None;
+        args.group_id = None;
+        assert!(security_group_rules_request(&args)
+            .unwrap_err()
+            .to_string()
+            .starts_with("give the security group"));
+        args.group_id = Some("sg-1".into());
+        args.ip_permissions.clear();
+        assert!(security_group_rules_request(&args)
+            .unwrap_err()
+            .to_string()
+            .starts_with("give the rules: --ip-permissions"));
+    }
+
+    #[test]
+    fn associate_address_and_metadata_options_requests() {
+        let Command::AssociateAddress(args) = command(&[
+            "associate-address",
+            "--public-ip",
+            "203.0.113.7",
+            "--instance-id",
+            "i-1",
+            "--private-ip-address",
+            "10.0.1.5",
+            "--allow-reassociation",
+            "--dry-run",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            associate_address_request(&args).unwrap(),
+            api::AssociateAddressRequest {
+                allocation_id: String::new(),
+                instance_id: "i-1".into(),
+                allow_reassociation: true,
+                private_ip_address: "10.0.1.5".into(),
+                public_ip: "203.0.113.7".into(),
+                dry_run: true,
+            }
+        );
+        let Command::AssociateAddress(args) = command(&[
+            "associate-address",
+            "--allocation-id",
+            "eipalloc-1",
+            "--instance-id",
+            "i-1",
+            "--no-allow-reassociation",
+        ]) else {
+            panic!()
+        };
+        let request = associate_address_request(&args).unwrap();
+        assert_eq!(request.allocation_id, "eipalloc-1");
+        assert!(!request.allow_reassociation);
+
+        let Command::ModifyInstanceMetadataOptions(args) = command(&[
+            "modify-instance-metadata-options",
+            "--instance-id",
+            "i-1",
+            "--http-tokens",
+            "required",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(
+            modify_instance_metadata_options_request(&args),
+            api::ModifyInstanceMetadataOptionsRequest {
+                instance_id: "i-1".into(),
+                http_tokens: "required".into(),
+                http_endpoint: String::new(),
+                http_put_response_hop_limit: None,
+                dry_run: false,
+            }
+        );
+        let Command::ModifyInstanceMetadataOptions(args) = command(&[
+            "modify-instance-metadata-options",
+            "--instance-id",
+            "i-1",
+            "--http-endpoint",
+            "disabled",
+            "--http-put-response-hop-limit",
+            "3",
+        ]) else {
+            panic!()
+        };
+        let request = modify_instance_metadata_options_request(&args);
+        assert_eq!(request.http_tokens, "");
+        assert_eq!(request.http_endpoint, "disabled");
+        assert_eq!(request.http_put_response_hop_limit, Some(3));
     }
 
     #[test]

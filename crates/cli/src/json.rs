@@ -119,11 +119,15 @@ pub fn instance(instance: &api::Instance) -> Value {
                 .s("HostId", &instance.host_id)
                 .done(),
         )
+        .s("PrivateDnsName", &instance.private_dns_name)
         .s("PrivateIpAddress", &instance.private_ip_address)
         .s("PublicIpAddress", &instance.public_ip_address)
         .v("State", state(&instance.state))
         .opt("StateReason", reason)
         .v("StateTransitionReason", instance.state_transition_reason.clone())
+        .s("SubnetId", &instance.subnet_id)
+        .s("VpcId", &instance.vpc_id)
+        .s("MacAddress", &instance.mac_address)
         .s("RootDeviceName", &instance.root_device_name)
         .s("RootDeviceType", &instance.root_device_type)
         .v(
@@ -131,10 +135,57 @@ pub fn instance(instance: &api::Instance) -> Value {
             list(&instance.block_device_mappings, instance_block_device),
         )
         .s("ClientToken", &instance.client_token)
+        .opt("NetworkInterfaces", network_interfaces(instance))
+        .list("SecurityGroups", &instance.security_groups, group_identifier)
+        .opt(
+            "MetadataOptions",
+            instance.metadata_options.as_ref().map(metadata_options),
+        )
         .v("CpuOptions", json!({"CoreCount": instance.vcpus, "ThreadsPerCore": 1}))
         .v("MemoryMiB", instance.memory_mib)
         .list("Tags", &instance.tags, tag)
         .done()
+}
+
+/// `{"GroupId": .., "GroupName": ..}`.
+fn group_identifier(group: &api::GroupIdentifier) -> Value {
+    Obj::new()
+        .s("GroupId", &group.group_id)
+        .s("GroupName", &group.group_name)
+        .done()
+}
+
+/// An instance's one network interface, as aws shows it under `NetworkInterfaces` (none without a network).
+fn network_interfaces(instance: &api::Instance) -> Option<Value> {
+    if instance.mac_address.is_empty() && instance.subnet_id.is_empty() {
+        return None;
+    }
+    let association = (!instance.public_ip_address.is_empty()).then(|| json!({"PublicIp": instance.public_ip_address}));
+    let interface = Obj::new()
+        .opt("Association", association)
+        .v("Groups", list(&instance.security_groups, group_identifier))
+        .s("MacAddress", &instance.mac_address)
+        .s("PrivateDnsName", &instance.private_dns_name)
+        .s("PrivateIpAddress", &instance.private_ip_address)
+        .s("SubnetId", &instance.subnet_id)
+        .s("VpcId", &instance.vpc_id)
+        .done();
+    Some(Value::Array(vec![interface]))
+}
+
+/// An instance's metadata options: `{"State": "applied", "HttpTokens": .., "HttpPutResponseHopLimit": .., ..}`.
+pub fn metadata_options(options: &api::InstanceMetadataOptions) -> Value {
+    Obj::new()
+        .v("State", "applied")
+        .s("HttpTokens", &options.http_tokens)
+        .v("HttpPutResponseHopLimit", options.http_put_response_hop_limit)
+        .s("HttpEndpoint", &options.http_endpoint)
+        .done()
+}
+
+/// ModifyInstanceMetadataOptions: the instance and its options now.
+pub fn modify_instance_metadata_options(instance_id: &str, options: &api::InstanceMetadataOptions) -> Value {
+    json!({"InstanceId": instance_id, "InstanceMetadataOptions": metadata_options(options)})
 }
 
 /// A reservation, as RunInstances prints it and as in `Reservations[]`.
@@ -497,6 +548,144 @@ pub fn snapshot_id(response: &api::SnapshotId) -> Value {
     json!({"SnapshotId": response.snapshot_id})
 }
 
+/// One VPC, as in `Vpcs[]`.
+pub fn vpc(vpc: &api::Vpc) -> Value {
+    Obj::new()
+        .s("CidrBlock", &vpc.cidr_block)
+        .s("State", &vpc.state)
+        .s("VpcId", &vpc.vpc_id)
+        .s("OwnerId", &vpc.owner_id)
+        .s("InstanceTenancy", &vpc.instance_tenancy)
+        .v("IsDefault", vpc.is_default)
+        .list("Tags", &vpc.tags, tag)
+        .done()
+}
+
+/// CreateVpc.
+pub fn create_vpc(created: &api::Vpc) -> Value {
+    json!({"Vpc": vpc(created)})
+}
+
+/// DescribeVpcs.
+pub fn describe_vpcs(response: &api::DescribeVpcsResponse) -> Value {
+    json!({"Vpcs": list(&response.vpcs, vpc)})
+}
+
+/// One subnet, as in `Subnets[]`.
+pub fn subnet(subnet: &api::Subnet) -> Value {
+    Obj::new()
+        .s("AvailabilityZone", &subnet.availability_zone)
+        .v("AvailableIpAddressCount", subnet.available_ip_address_count)
+        .s("CidrBlock", &subnet.cidr_block)
+        .v("DefaultForAz", subnet.default_for_az)
+        .v("MapPublicIpOnLaunch", subnet.map_public_ip_on_launch)
+        .s("State", &subnet.state)
+        .s("SubnetId", &subnet.subnet_id)
+        .s("VpcId", &subnet.vpc_id)
+        .s("OwnerId", &subnet.owner_id)
+        .list("Tags", &subnet.tags, tag)
+        .done()
+}
+
+/// CreateSubnet.
+pub fn create_subnet(created: &api::Subnet) -> Value {
+    json!({"Subnet": subnet(created)})
+}
+
+/// DescribeSubnets.
+pub fn describe_subnets(response: &api::DescribeSubnetsResponse) -> Value {
+    json!({"Subnets": list(&response.subnets, subnet)})
+}
+
+/// One rule of a security group, as in `IpPermissions[]`: the peer lists are always there, as in aws.
+pub fn ip_permission(permission: &api::IpPermission) -> Value {
+    let range = |r: &api::IpRange| {
+        Obj::new()
+            .s("CidrIp", &r.cidr_ip)
+            .s("Description", &r.description)
+            .done()
+    };
+    let pair = |p: &api::UserIdGroupPair| {
+        Obj::new()
+            .s("Description", &p.description)
+            .s("GroupId", &p.group_id)
+            .s("UserId", &p.user_id)
+            .done()
+    };
+    Obj::new()
+        .opt("FromPort", permission.from_port)
+        .s("IpProtocol", &permission.ip_protocol)
+        .v("IpRanges", list(&permission.ip_ranges, range))
+        .v("Ipv6Ranges", json!([]))
+        .v("PrefixListIds", json!([]))
+        .opt("ToPort", permission.to_port)
+        .v("UserIdGroupPairs", list(&permission.user_id_group_pairs, pair))
+        .done()
+}
+
+/// One security group, as in `SecurityGroups[]`.
+pub fn security_group(group: &api::SecurityGroup) -> Value {
+    Obj::new()
+        .s("Description", &group.description)
+        .s("GroupName", &group.group_name)
+        .v("IpPermissions", list(&group.ip_permissions, ip_permission))
+        .s("OwnerId", &group.owner_id)
+        .s("GroupId", &group.group_id)
+        .v("IpPermissionsEgress", list(&group.ip_permissions_egress, ip_permission))
+        .list("Tags", &group.tags, tag)
+        .s("VpcId", &group.vpc_id)
+        .done()
+}
+
+/// CreateSecurityGroup.
+pub fn security_group_id(response: &api::SecurityGroupId) -> Value {
+    json!({"GroupId": response.group_id})
+}
+
+/// DescribeSecurityGroups.
+pub fn describe_security_groups(response: &api::DescribeSecurityGroupsResponse) -> Value {
+    json!({"SecurityGroups": list(&response.security_groups, security_group)})
+}
+
+/// Authorize/RevokeSecurityGroupIngress/Egress.
+pub fn return_true() -> Value {
+    json!({"Return": true})
+}
+
+/// One Elastic IP address, as in `Addresses[]`.
+pub fn address(address: &api::Address) -> Value {
+    Obj::new()
+        .s("InstanceId", &address.instance_id)
+        .s("PublicIp", &address.public_ip)
+        .s("AllocationId", &address.allocation_id)
+        .s("AssociationId", &address.association_id)
+        .s("Domain", &address.domain)
+        .s("PrivateIpAddress", &address.private_ip_address)
+        .list("Tags", &address.tags, tag)
+        .s("PublicIpv4Pool", &address.public_ipv4_pool)
+        .done()
+}
+
+/// AllocateAddress.
+pub fn allocate_address(address: &api::Address) -> Value {
+    Obj::new()
+        .s("AllocationId", &address.allocation_id)
+        .s("PublicIp", &address.public_ip)
+        .s("Domain", &address.domain)
+        .s("PublicIpv4Pool", &address.public_ipv4_pool)
+        .done()
+}
+
+/// AssociateAddress.
+pub fn associate_address(response: &api::AssociateAddressResponse) -> Value {
+    json!({"AssociationId": response.association_id})
+}
+
+/// DescribeAddresses.
+pub fn describe_addresses(response: &api::DescribeAddressesResponse) -> Value {
+    json!({"Addresses": list(&response.addresses, address)})
+}
+
 /// JSON text as aws prints it: four-space indentation, a final newline.
 pub fn to_text(value: &Value) -> String {
     use serde::Serialize as _;
@@ -590,6 +779,311 @@ pub(crate) mod tests {
                     "Tags": [{"Key": "Name", "Value": "web"}]
                 }]
             }]})
+        );
+    }
+
+    #[test]
+    fn networked_instances_show_their_vpc_groups_and_interface() {
+        let mut response = sample_instances();
+        let instance = &mut response.reservations[0].instances[0];
+        instance.vpc_id = "vpc-0001".into();
+        instance.subnet_id = "subnet-0001".into();
+        instance.mac_address = "02:00:0a:00:00:05".into();
+        instance.private_dns_name = "ip-10-0-0-5.hearth.internal".into();
+        instance.public_ip_address = "203.0.113.7".into();
+        instance.security_groups = vec![api::GroupIdentifier {
+            group_id: "sg-0001".into(),
+            group_name: "default".into(),
+        }];
+        instance.metadata_options = Some(api::InstanceMetadataOptions {
+            http_tokens: "required".into(),
+            http_endpoint: "enabled".into(),
+            http_put_response_hop_limit: 2,
+        });
+        let value = super::instance(instance);
+        let groups = json!([{"GroupId": "sg-0001", "GroupName": "default"}]);
+        assert_eq!(value["VpcId"], "vpc-0001");
+        assert_eq!(value["SubnetId"], "subnet-0001");
+        assert_eq!(value["MacAddress"], "02:00:0a:00:00:05");
+        assert_eq!(value["PrivateDnsName"], "ip-10-0-0-5.hearth.internal");
+        assert_eq!(value["PrivateIpAddress"], "10.0.0.5");
+        assert_eq!(value["PublicIpAddress"], "203.0.113.7");
+        assert_eq!(value["SecurityGroups"], groups);
+        assert_eq!(
+            value["NetworkInterfaces"],
+            json!([{
+                "Association": {"PublicIp": "203.0.113.7"},
+                "Groups": groups,
+                "MacAddress": "02:00:0a:00:00:05",
+                "PrivateDnsName": "ip-10-0-0-5.hearth.internal",
+                "PrivateIpAddress": "10.0.0.5",
+                "SubnetId": "subnet-0001",
+                "VpcId": "vpc-0001"
+            }])
+        );
+        assert_eq!(
+            value["MetadataOptions"],
+            json!({"State": "applied", "HttpTokens": "required", "HttpPutResponseHopLimit": 2, "HttpEndpoint": "enabled"})
+        );
+        // Without a public address there is no Association; without a network no interface at all.
+        instance.public_ip_address.clear();
+        let value = super::instance(instance);
+        assert_eq!(value.get("PublicIpAddress"), None);
+        assert_eq!(value["NetworkInterfaces"][0].get("Association"), None);
+        let bare = super::instance(&sample_instances().reservations[0].instances[0]);
+        for key in [
+            "NetworkInterfaces",
+            "SecurityGroups",
+            "MetadataOptions",
+            "VpcId",
+            "SubnetId",
+            "MacAddress",
+        ] {
+            assert_eq!(bare.get(key), None, "{key}");
+        }
+    }
+
+    /// The default group and a web group with rules, shared with the table tests.
+    pub fn sample_security_groups() -> api::DescribeSecurityGroupsResponse {
+        let all_from = |group_id: &str| api::IpPermission {
+            ip_protocol: "-1".into(),
+            user_id_group_pairs: vec![api::UserIdGroupPair {
+                group_id: group_id.into(),
+                description: String::new(),
+                user_id: "000000000000".into(),
+            }],
+            ..Default::default()
+        };
+        let all_out = api::IpPermission {
+            ip_protocol: "-1".into(),
+            ip_ranges: vec![api::IpRange {
+                cidr_ip: "0.0.0.0/0".into(),
+                description: String::new(),
+            }],
+            ..Default::default()
+        };
+        api::DescribeSecurityGroupsResponse {
+            security_groups: vec![
+                api::SecurityGroup {
+                    group_id: "sg-0001".into(),
+                    group_name: "default".into(),
+                    description: "default VPC security group".into(),
+                    vpc_id: "vpc-0001".into(),
+                    owner_id: "000000000000".into(),
+                    ip_permissions: vec![all_from("sg-0001")],
+                    ip_permissions_egress: vec![all_out.clone()],
+                    tags: vec![],
+                },
+                api::SecurityGroup {
+                    group_id: "sg-0002".into(),
+                    group_name: "web".into(),
+                    description: "web servers".into(),
+                    vpc_id: "vpc-0001".into(),
+                    owner_id: "000000000000".into(),
+                    ip_permissions: vec![
+                        api::IpPermission {
+                            ip_protocol: "tcp".into(),
+                            from_port: Some(22),
+                            to_port: Some(22),
+                            ip_ranges: vec![
+                                api::IpRange {
+                                    cidr_ip: "10.0.0.0/8".into(),
+                                    description: "ssh".into(),
+                                },
+                                api::IpRange {
+                                    cidr_ip: "192.168.0.0/16".into(),
+                                    description: String::new(),
+                                },
+                            ],
+                            user_id_group_pairs: vec![],
+                        },
+                        api::IpPermission {
+                            ip_protocol: "icmp".into(),
+                            from_port: Some(8),
+                            to_port: Some(-1),
+                            ip_ranges: vec![api::IpRange {
+                                cidr_ip: "0.0.0.0/0".into(),
+                                description: String::new(),
+                            }],
+                            user_id_group_pairs: vec![],
+                        },
+                    ],
+                    ip_permissions_egress: vec![],
+                    tags: vec![api::Tag {
+                        key: "Name".into(),
+                        value: "web".into(),
+                    }],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn security_groups_use_ec2_names() {
+        let value = describe_security_groups(&sample_security_groups());
+        assert_eq!(
+            value["SecurityGroups"][0],
+            json!({
+                "Description": "default VPC security group",
+                "GroupName": "default",
+                "IpPermissions": [{
+                    "IpProtocol": "-1",
+                    "IpRanges": [],
+                    "Ipv6Ranges": [],
+                    "PrefixListIds": [],
+                    "UserIdGroupPairs": [{"GroupId": "sg-0001", "UserId": "000000000000"}]
+                }],
+                "OwnerId": "000000000000",
+                "GroupId": "sg-0001",
+                "IpPermissionsEgress": [{
+                    "IpProtocol": "-1",
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                    "Ipv6Ranges": [],
+                    "PrefixListIds": [],
+                    "UserIdGroupPairs": []
+                }],
+                "VpcId": "vpc-0001"
+            })
+        );
+        let web = &value["SecurityGroups"][1];
+        assert_eq!(
+            web["IpPermissions"][0],
+            json!({
+                "FromPort": 22,
+                "IpProtocol": "tcp",
+                "IpRanges": [{"CidrIp": "10.0.0.0/8", "Description": "ssh"}, {"CidrIp": "192.168.0.0/16"}],
+                "Ipv6Ranges": [],
+                "PrefixListIds": [],
+                "ToPort": 22,
+                "UserIdGroupPairs": []
+            })
+        );
+        assert_eq!(web["IpPermissionsEgress"], json!([]));
+        assert_eq!(web["Tags"], json!([{"Key": "Name", "Value": "web"}]));
+        let created = api::SecurityGroupId {
+            group_id: "sg-0003".into(),
+        };
+        assert_eq!(security_group_id(&created), json!({"GroupId": "sg-0003"}));
+        assert_eq!(return_true(), json!({"Return": true}));
+    }
+
+    #[test]
+    fn vpcs_and_subnets_use_ec2_names() {
+        let vpc = api::Vpc {
+            vpc_id: "vpc-0001".into(),
+            cidr_block: "10.0.0.0/16".into(),
+            state: "available".into(),
+            is_default: false,
+            owner_id: "000000000000".into(),
+            instance_tenancy: "default".into(),
+            tags: vec![api::Tag {
+                key: "Name".into(),
+                value: "prod".into(),
+            }],
+        };
+        let expected = json!({
+            "CidrBlock": "10.0.0.0/16",
+            "State": "available",
+            "VpcId": "vpc-0001",
+            "OwnerId": "000000000000",
+            "InstanceTenancy": "default",
+            "IsDefault": false,
+            "Tags": [{"Key": "Name", "Value": "prod"}]
+        });
+        assert_eq!(create_vpc(&vpc), json!({"Vpc": expected}));
+        let response = api::DescribeVpcsResponse { vpcs: vec![vpc] };
+        assert_eq!(describe_vpcs(&response), json!({"Vpcs": [expected]}));
+
+        let subnet = api::Subnet {
+            subnet_id: "subnet-0001".into(),
+            vpc_id: "vpc-0001".into(),
+            cidr_block: "10.0.1.0/24".into(),
+            availability_zone: "hearth-1a".into(),
+            available_ip_address_count: 251,
+            default_for_az: true,
+            map_public_ip_on_launch: false,
+            state: "available".into(),
+            tags: vec![],
+            owner_id: "000000000000".into(),
+        };
+        let expected = json!({
+            "AvailabilityZone": "hearth-1a",
+            "AvailableIpAddressCount": 251,
+            "CidrBlock": "10.0.1.0/24",
+            "DefaultForAz": true,
+            "MapPublicIpOnLaunch": false,
+            "State": "available",
+            "SubnetId": "subnet-0001",
+            "VpcId": "vpc-0001",
+            "OwnerId": "000000000000"
+        });
+        assert_eq!(create_subnet(&subnet), json!({"Subnet": expected}));
+        let response = api::DescribeSubnetsResponse { subnets: vec![subnet] };
+        assert_eq!(describe_subnets(&response), json!({"Subnets": [expected]}));
+    }
+
+    /// An Elastic IP associated with an instance, shared with the table tests.
+    pub fn sample_address() -> api::Address {
+        api::Address {
+            allocation_id: "eipalloc-0001".into(),
+            public_ip: "203.0.113.7".into(),
+            domain: "vpc".into(),
+            association_id: "eipassoc-0001".into(),
+            instance_id: "i-0abc".into(),
+            private_ip_address: "10.0.0.5".into(),
+            tags: vec![],
+            public_ipv4_pool: "hearth".into(),
+        }
+    }
+
+    #[test]
+    fn addresses_and_metadata_options_use_ec2_names() {
+        let response = api::DescribeAddressesResponse {
+            addresses: vec![sample_address()],
+        };
+        assert_eq!(
+            describe_addresses(&response),
+            json!({"Addresses": [{
+                "InstanceId": "i-0abc",
+                "PublicIp": "203.0.113.7",
+                "AllocationId": "eipalloc-0001",
+                "AssociationId": "eipassoc-0001",
+                "Domain": "vpc",
+                "PrivateIpAddress": "10.0.0.5",
+                "PublicIpv4Pool": "hearth"
+            }]})
+        );
+        let allocated = api::Address {
+            association_id: String::new(),
+            instance_id: String::new(),
+            private_ip_address: String::new(),
+            ..sample_address()
+        };
+        assert_eq!(
+            allocate_address(&allocated),
+            json!({"AllocationId": "eipalloc-0001", "PublicIp": "203.0.113.7", "Domain": "vpc", "PublicIpv4Pool": "hearth"})
+        );
+        assert_eq!(
+            address(&allocated),
+            json!({"PublicIp": "203.0.113.7", "AllocationId": "eipalloc-0001", "Domain": "vpc", "PublicIpv4Pool": "hearth"})
+        );
+        let associated = api::AssociateAddressResponse {
+            association_id: "eipassoc-0001".into(),
+        };
+        assert_eq!(
+            associate_address(&associated),
+            json!({"AssociationId": "eipassoc-0001"})
+        );
+        let options = api::InstanceMetadataOptions {
+            http_tokens: "optional".into(),
+            http_endpoint: "disabled".into(),
+            http_put_response_hop_limit: 1,
+        };
+        assert_eq!(
+            modify_instance_metadata_options("i-0abc", &options),
+            json!({"InstanceId": "i-0abc", "InstanceMetadataOptions": {
+                "HttpTokens": "optional", "HttpEndpoint": "disabled", "HttpPutResponseHopLimit": 1, "State": "applied"
+            }})
         );
     }
 

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use hearth_api::v1::{BlockDeviceMapping, EbsBlockDevice, Filter, Tag, TagSpecification};
+use hearth_api::v1::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, InstanceMetadataOptions, IpPermission, IpRange, Tag, TagSpecification,
+    UserIdGroupPair,
+};
 use serde_json::{Map, Value};
 
 use crate::error::CliError;
@@ -283,6 +286,118 @@ pub fn block_device_mappings(flag: &str, values: &[String]) -> Result<Vec<BlockD
         });
     }
     Ok(out)
+}
+
+/// `--ip-permissions` as aws JSON or
+/// `IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8}],UserIdGroupPairs=[{GroupId=sg-1}]`.
+pub fn ip_permissions(flag: &str, values: &[String]) -> Result<Vec<IpPermission>, CliError> {
+    let mut out = Vec::new();
+    for (i, value) in structures(flag, values)?.into_iter().enumerate() {
+        let path = format!("IpPermissions[{i}]");
+        let mut fields = Fields::new(flag, path.clone(), value)?;
+        let ip_protocol = fields.string("IpProtocol")?;
+        let ip_protocol = fields.required("IpProtocol", ip_protocol)?;
+        let from_port = fields
+            .integer("FromPort")?
+            .map(|v| as_i32(flag, "FromPort", v))
+            .transpose()?;
+        let to_port = fields
+            .integer("ToPort")?
+            .map(|v| as_i32(flag, "ToPort", v))
+            .transpose()?;
+        let mut ip_ranges = Vec::new();
+        for (j, range) in fields.list("IpRanges")?.unwrap_or_default().into_iter().enumerate() {
+            let mut range = Fields::new(flag, format!("{path}.IpRanges[{j}]"), range)?;
+            let cidr_ip = range.string("CidrIp")?;
+            let cidr_ip = range.required("CidrIp", cidr_ip)?;
+            let description = range.string("Description")?.unwrap_or_default();
+            range.finish(&["CidrIp", "Description"])?;
+            ip_ranges.push(IpRange { cidr_ip, description });
+        }
+        let mut user_id_group_pairs = Vec::new();
+        let pairs = fields.list("UserIdGroupPairs")?.unwrap_or_default();
+        for (j, pair) in pairs.into_iter().enumerate() {
+            let mut pair = Fields::new(flag, format!("{path}.UserIdGroupPairs[{j}]"), pair)?;
+            let group_id = pair.string("GroupId")?;
+            let group_id = pair.required("GroupId", group_id)?;
+            let user_id = pair.string("UserId")?.unwrap_or_default();
+            let description = pair.string("Description")?.unwrap_or_default();
+            pair.finish(&["GroupId", "UserId", "Description"])?;
+            user_id_group_pairs.push(UserIdGroupPair {
+                group_id,
+                description,
+                user_id,
+            });
+        }
+        fields.finish(&["IpProtocol", "FromPort", "ToPort", "IpRanges", "UserIdGroupPairs"])?;
+        out.push(IpPermission {
+            ip_protocol,
+            from_port,
+            to_port,
+            ip_ranges,
+            user_id_group_pairs,
+        });
+    }
+    Ok(out)
+}
+
+/// `--protocol` of the security-group shortcut flags, as aws checks it: tcp, udp, icmp, all (sent as -1), -1
+/// or a protocol number 0..255.
+pub fn protocol(flag: &str, value: &str) -> Result<String, CliError> {
+    let value = value.trim().to_ascii_lowercase();
+    match value.as_str() {
+        "tcp" | "udp" | "icmp" | "-1" => Ok(value),
+        "all" => Ok("-1".into()),
+        number if number.parse::<u8>().is_ok() => Ok(number.to_owned()),
+        _ => Err(CliError::parameter(
+            flag,
+            format!(
+                "protocol parameter should be one of: tcp|udp|icmp|all or any valid protocol number, not {value:?}"
+            ),
+        )),
+    }
+}
+
+/// `--port` of the security-group shortcut flags → (from, to): `22`, `1000-2000`, `-1` or `all` (every port).
+/// For icmp the port is the type: `8` is type 8 with any code, `8-0` type 8 code 0.
+pub fn port_range(flag: &str, value: &str, icmp: bool) -> Result<(i32, i32), CliError> {
+    let value = value.trim();
+    if value == "-1" || value.eq_ignore_ascii_case("all") {
+        return Ok((-1, -1));
+    }
+    let invalid = || {
+        CliError::parameter(
+            flag,
+            format!("port parameter should be of the form <from[-to]> (e.g. 22 or 22-25), not {value:?}"),
+        )
+    };
+    let number = |s: &str| s.trim().parse::<i32>().map_err(|_| invalid());
+    match value.split_once('-') {
+        Some((from, to)) => Ok((number(from)?, number(to)?)),
+        None if icmp => Ok((number(value)?, -1)),
+        None => {
+            let port = number(value)?;
+            Ok((port, port))
+        }
+    }
+}
+
+/// `--metadata-options HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=2` (or JSON).
+pub fn metadata_options(flag: &str, value: &str) -> Result<InstanceMetadataOptions, CliError> {
+    let mut fields = Fields::new(flag, "MetadataOptions".into(), structure(flag, value)?)?;
+    let http_tokens = fields.string("HttpTokens")?.unwrap_or_default();
+    let http_endpoint = fields.string("HttpEndpoint")?.unwrap_or_default();
+    let hop_limit = fields.integer("HttpPutResponseHopLimit")?;
+    let http_put_response_hop_limit = hop_limit
+        .map(|v| as_i32(flag, "HttpPutResponseHopLimit", v))
+        .transpose()?
+        .unwrap_or(0);
+    fields.finish(&["HttpTokens", "HttpEndpoint", "HttpPutResponseHopLimit"])?;
+    Ok(InstanceMetadataOptions {
+        http_tokens,
+        http_endpoint,
+        http_put_response_hop_limit,
+    })
 }
 
 /// `--placement AvailabilityZone=az1` (or JSON): the availability zone.
@@ -580,6 +695,172 @@ mod tests {
             attribute_value("--instance-type", r#"{"Value": "m5.xlarge"}"#).unwrap(),
             "m5.xlarge"
         );
+    }
+
+    #[test]
+    fn ip_permissions_shorthand_and_json() {
+        let shorthand = ip_permissions(
+            "--ip-permissions",
+            &strings(&[
+                "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh},{CidrIp=192.168.0.0/16}]",
+                "IpProtocol=-1,UserIdGroupPairs=[{GroupId=sg-0001,UserId=000000000000,Description='from web'}]",
+            ]),
+        )
+        .unwrap();
+        let json = ip_permissions(
+            "--ip-permissions",
+            &strings(&[r#"[
+                {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                 "IpRanges": [{"CidrIp": "10.0.0.0/8", "Description": "ssh"}, {"CidrIp": "192.168.0.0/16"}]},
+                {"IpProtocol": "-1",
+                 "UserIdGroupPairs": [{"GroupId": "sg-0001", "UserId": "000000000000", "Description": "from web"}]}
+            ]"#]),
+        )
+        .unwrap();
+        let expected = vec![
+            IpPermission {
+                ip_protocol: "tcp".into(),
+                from_port: Some(22),
+                to_port: Some(22),
+                ip_ranges: vec![
+                    IpRange {
+                        cidr_ip: "10.0.0.0/8".into(),
+                        description: "ssh".into(),
+                    },
+                    IpRange {
+                        cidr_ip: "192.168.0.0/16".into(),
+                        description: String::new(),
+                    },
+                ],
+                user_id_group_pairs: vec![],
+            },
+            IpPermission {
+                ip_protocol: "-1".into(),
+                from_port: None,
+                to_port: None,
+                ip_ranges: vec![],
+                user_id_group_pairs: vec![UserIdGroupPair {
+                    group_id: "sg-0001".into(),
+                    description: "from web".into(),
+                    user_id: "000000000000".into(),
+                }],
+            },
+        ];
+        assert_eq!(shorthand, expected);
+        assert_eq!(json, expected);
+        // An icmp rule: type 8, any code.
+        let icmp = ip_permissions(
+            "--ip-permissions",
+            &strings(&["IpProtocol=icmp,FromPort=8,ToPort=-1,IpRanges=[{CidrIp=0.0.0.0/0}]"]),
+        )
+        .unwrap();
+        assert_eq!((icmp[0].from_port, icmp[0].to_port), (Some(8), Some(-1)));
+    }
+
+    #[test]
+    fn ip_permission_errors_name_the_member() {
+        let error = |value: &str| {
+            ip_permissions("--ip-permissions", &strings(&[value]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("FromPort=22,ToPort=22"),
+            "Error parsing parameter '--ip-permissions': Missing required parameter in IpPermissions[0]: \"IpProtocol\""
+        );
+        assert_eq!(
+            error("IpProtocol=tcp,FromPort=ssh"),
+            "Error parsing parameter '--ip-permissions': Invalid type for parameter IpPermissions[0].FromPort, \
+             value: \"ssh\", valid types: integer"
+        );
+        assert_eq!(
+            error("IpProtocol=tcp,IpRanges=[{CidrIp=10.0.0.0/8,Note=x}]"),
+            "Error parsing parameter '--ip-permissions': Unknown parameter in IpPermissions[0].IpRanges[0]: \
+             \"Note\", must be one of: CidrIp, Description"
+        );
+        assert!(error("IpProtocol=tcp,IpRanges=[{Cidr=10.0.0.0/8}]")
+            .contains("Missing required parameter in IpPermissions[0].IpRanges[0]: \"CidrIp\""));
+        assert!(error("IpProtocol=tcp,UserIdGroupPairs=[{UserId=1}]")
+            .contains("Missing required parameter in IpPermissions[0].UserIdGroupPairs[0]: \"GroupId\""));
+        assert!(error("IpProtocol=tcp,Ipv6Ranges=[{CidrIpv6=::/0}]").contains(
+            "Unknown parameter in IpPermissions[0]: \"Ipv6Ranges\", must be one of: IpProtocol, FromPort, ToPort, \
+             IpRanges, UserIdGroupPairs"
+        ));
+        assert!(error(r#"[{"IpProtocol": "tcp", "FromPort": 1e10}]"#).contains("valid types: integer"));
+    }
+
+    #[test]
+    fn shortcut_protocols_and_ports() {
+        assert_eq!(protocol("--protocol", "tcp").unwrap(), "tcp");
+        assert_eq!(protocol("--protocol", "UDP").unwrap(), "udp");
+        assert_eq!(protocol("--protocol", "all").unwrap(), "-1");
+        assert_eq!(protocol("--protocol", "-1").unwrap(), "-1");
+        assert_eq!(protocol("--protocol", "47").unwrap(), "47");
+        assert!(protocol("--protocol", "256").is_err());
+        assert!(protocol("--protocol", "sctp").is_err());
+        assert_eq!(port_range("--port", "22", false).unwrap(), (22, 22));
+        assert_eq!(port_range("--port", "1000-2000", false).unwrap(), (1000, 2000));
+        assert_eq!(port_range("--port", "-1", false).unwrap(), (-1, -1));
+        assert_eq!(port_range("--port", "all", false).unwrap(), (-1, -1));
+        assert_eq!(
+            port_range("--port", "8", true).unwrap(),
+            (8, -1),
+            "icmp: the type, any code"
+        );
+        assert_eq!(
+            port_range("--port", "3-4", true).unwrap(),
+            (3, 4),
+            "icmp: type 3 code 4"
+        );
+        assert_eq!(port_range("--port", "-1", true).unwrap(), (-1, -1));
+        let error = port_range("--port", "ssh", false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Error parsing parameter '--port': port parameter should be of the form <from[-to]> (e.g. 22 or 22-25), \
+             not \"ssh\""
+        );
+        assert!(port_range("--port", "22-", false).is_err());
+    }
+
+    #[test]
+    fn metadata_options_shorthand_and_json() {
+        let expected = InstanceMetadataOptions {
+            http_tokens: "required".into(),
+            http_endpoint: "enabled".into(),
+            http_put_response_hop_limit: 2,
+        };
+        assert_eq!(
+            metadata_options(
+                "--metadata-options",
+                "HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=2"
+            )
+            .unwrap(),
+            expected
+        );
+        assert_eq!(
+            metadata_options(
+                "--metadata-options",
+                r#"{"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2}"#
+            )
+            .unwrap(),
+            expected
+        );
+        let partial = metadata_options("--metadata-options", "HttpTokens=optional").unwrap();
+        assert_eq!(
+            partial,
+            InstanceMetadataOptions {
+                http_tokens: "optional".into(),
+                ..Default::default()
+            }
+        );
+        let error = metadata_options("--metadata-options", "InstanceMetadataTags=enabled").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("Unknown parameter in MetadataOptions: \"InstanceMetadataTags\""),
+            "{error}"
+        );
+        assert!(metadata_options("--metadata-options", "HttpPutResponseHopLimit=two").is_err());
     }
 
     #[test]

@@ -460,6 +460,192 @@ pub fn availability_zones(response: &api::DescribeAvailabilityZonesResponse) -> 
     table
 }
 
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.into()
+}
+
+/// CreateVpc and DescribeVpcs: one row per VPC.
+pub fn vpcs(vpcs: &[api::Vpc]) -> Table {
+    let mut table = Table::new(&["ID", "CIDR", "STATE", "DEFAULT", "NAME"]);
+    for vpc in vpcs {
+        table.row(vec![
+            vpc.vpc_id.clone(),
+            vpc.cidr_block.clone(),
+            vpc.state.clone(),
+            yes_no(vpc.is_default),
+            tag_value(&vpc.tags, "Name"),
+        ]);
+    }
+    table
+}
+
+/// CreateSubnet and DescribeSubnets: one row per subnet.
+pub fn subnets(subnets: &[api::Subnet]) -> Table {
+    let mut table = Table::new(&["ID", "VPC", "CIDR", "AZ", "FREE-IPS", "DEFAULT", "STATE", "NAME"]);
+    for subnet in subnets {
+        table.row(vec![
+            subnet.subnet_id.clone(),
+            subnet.vpc_id.clone(),
+            subnet.cidr_block.clone(),
+            subnet.availability_zone.clone(),
+            subnet.available_ip_address_count.to_string(),
+            yes_no(subnet.default_for_az),
+            subnet.state.clone(),
+            tag_value(&subnet.tags, "Name"),
+        ]);
+    }
+    table
+}
+
+/// `-1` → `all`, else the protocol as given.
+fn protocol_text(protocol: &str) -> String {
+    match protocol {
+        "-1" => "all".into(),
+        other => other.into(),
+    }
+}
+
+/// A rule's ports: `22`, `1000-2000`, `all`; for icmp the type and code (`type 8`, `type 3 code 4`).
+fn ports_text(permission: &api::IpPermission) -> String {
+    let icmp = matches!(permission.ip_protocol.as_str(), "icmp" | "1");
+    match (permission.from_port, permission.to_port) {
+        _ if permission.ip_protocol == "-1" => "all".into(),
+        (None, None) | (Some(-1), Some(-1) | None) => "all".into(),
+        (Some(kind), code) if icmp => match code {
+            Some(code) if code != -1 => format!("type {kind} code {code}"),
+            _ => format!("type {kind}"),
+        },
+        (Some(from), Some(to)) if from == to => from.to_string(),
+        (from, to) => {
+            let end = |port: Option<i32>| port.map_or_else(|| "*".to_string(), |p| p.to_string());
+            format!("{}-{}", end(from), end(to))
+        }
+    }
+}
+
+/// The peers of a rule with their descriptions: its CIDRs, then its groups.
+fn peers(permission: &api::IpPermission) -> Vec<(String, String)> {
+    let ranges = permission
+        .ip_ranges
+        .iter()
+        .map(|r| (r.cidr_ip.clone(), r.description.clone()));
+    let groups = permission
+        .user_id_group_pairs
+        .iter()
+        .map(|p| (p.group_id.clone(), p.description.clone()));
+    let peers: Vec<_> = ranges.chain(groups).collect();
+    if peers.is_empty() {
+        vec![(String::new(), String::new())]
+    } else {
+        peers
+    }
+}
+
+/// DescribeSecurityGroups: one row per rule and peer (a group without rules gets one row of its own).
+pub fn security_groups(response: &api::DescribeSecurityGroupsResponse) -> Table {
+    let mut table = Table::new(&[
+        "GROUP",
+        "NAME",
+        "VPC",
+        "DIRECTION",
+        "PROTOCOL",
+        "PORTS",
+        "PEER",
+        "DESCRIPTION",
+    ]);
+    for group in &response.security_groups {
+        let group_cells = || vec![group.group_id.clone(), group.group_name.clone(), group.vpc_id.clone()];
+        let rules = [
+            ("ingress", &group.ip_permissions),
+            ("egress", &group.ip_permissions_egress),
+        ];
+        let mut any = false;
+        for (direction, permissions) in rules {
+            for permission in permissions {
+                for (peer, description) in peers(permission) {
+                    any = true;
+                    let mut row = group_cells();
+                    row.extend([
+                        direction.to_string(),
+                        protocol_text(&permission.ip_protocol),
+                        ports_text(permission),
+                        peer,
+                        description,
+                    ]);
+                    table.row(row);
+                }
+            }
+        }
+        if !any {
+            let mut row = group_cells();
+            row.extend(std::iter::repeat_n(String::new(), 5));
+            table.row(row);
+        }
+    }
+    table
+}
+
+/// Authorize/RevokeSecurityGroupIngress/Egress: the rules the call added or removed, one row per peer.
+pub fn rules(request: &api::SecurityGroupRulesRequest, direction: &str) -> Table {
+    let mut table = Table::new(&["GROUP", "DIRECTION", "PROTOCOL", "PORTS", "PEER", "DESCRIPTION"]);
+    let group = if request.group_id.is_empty() {
+        &request.group_name
+    } else {
+        &request.group_id
+    };
+    for permission in &request.ip_permissions {
+        for (peer, description) in peers(permission) {
+            table.row(vec![
+                group.clone(),
+                direction.to_string(),
+                protocol_text(&permission.ip_protocol),
+                ports_text(permission),
+                peer,
+                description,
+            ]);
+        }
+    }
+    table
+}
+
+/// AllocateAddress and DescribeAddresses: one row per Elastic IP.
+pub fn addresses(addresses: &[api::Address]) -> Table {
+    let mut table = Table::new(&[
+        "ALLOCATION",
+        "PUBLIC-IP",
+        "DOMAIN",
+        "INSTANCE",
+        "PRIVATE-IP",
+        "ASSOCIATION",
+        "NAME",
+    ]);
+    for address in addresses {
+        table.row(vec![
+            address.allocation_id.clone(),
+            address.public_ip.clone(),
+            address.domain.clone(),
+            address.instance_id.clone(),
+            address.private_ip_address.clone(),
+            address.association_id.clone(),
+            tag_value(&address.tags, "Name"),
+        ]);
+    }
+    table
+}
+
+/// ModifyInstanceMetadataOptions.
+pub fn instance_metadata_options(instance_id: &str, options: &api::InstanceMetadataOptions) -> Table {
+    let mut table = Table::new(&["INSTANCE", "HTTP-TOKENS", "HTTP-ENDPOINT", "HOP-LIMIT", "STATE"]);
+    table.row(vec![
+        instance_id.to_owned(),
+        options.http_tokens.clone(),
+        options.http_endpoint.clone(),
+        options.http_put_response_hop_limit.to_string(),
+        "applied".into(),
+    ]);
+    table
+}
+
 /// A single value under one column (RegisterImage's image ID, CopySnapshot's snapshot ID).
 pub fn single(column: &'static str, value: &str) -> Table {
     let mut table = Table::new(&[column]);
@@ -470,7 +656,9 @@ pub fn single(column: &'static str, value: &str) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::tests::{sample_instances, sample_snapshot, sample_volume};
+    use crate::json::tests::{
+        sample_address, sample_instances, sample_security_groups, sample_snapshot, sample_volume,
+    };
 
     #[test]
     fn instances_table_is_aligned() {
@@ -618,6 +806,123 @@ snap-0003  vol-0001  pending    45%       16 GiB  0 B     2026-01-02T04:00:00Z  
         assert_eq!(bytes(12 << 20), "12 MiB");
         assert_eq!(bytes((5 << 30) + (1 << 29)), "5.5 GiB");
         assert_eq!(bytes(3 << 40), "3 TiB");
+    }
+
+    #[test]
+    fn security_groups_show_one_rule_per_row() {
+        let mut response = sample_security_groups();
+        response.security_groups.push(api::SecurityGroup {
+            group_id: "sg-0003".into(),
+            group_name: "empty".into(),
+            vpc_id: "vpc-0001".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            security_groups(&response).render(),
+            "\
+GROUP    NAME     VPC       DIRECTION  PROTOCOL  PORTS   PEER            DESCRIPTION
+sg-0001  default  vpc-0001  ingress    all       all     sg-0001         -
+sg-0001  default  vpc-0001  egress     all       all     0.0.0.0/0       -
+sg-0002  web      vpc-0001  ingress    tcp       22      10.0.0.0/8      ssh
+sg-0002  web      vpc-0001  ingress    tcp       22      192.168.0.0/16  -
+sg-0002  web      vpc-0001  ingress    icmp      type 8  0.0.0.0/0       -
+sg-0003  empty    vpc-0001  -          -         -       -               -
+"
+        );
+    }
+
+    #[test]
+    fn rule_ports_are_readable() {
+        let ports = |protocol: &str, from: Option<i32>, to: Option<i32>| {
+            ports_text(&api::IpPermission {
+                ip_protocol: protocol.into(),
+                from_port: from,
+                to_port: to,
+                ..Default::default()
+            })
+        };
+        assert_eq!(ports("tcp", Some(22), Some(22)), "22");
+        assert_eq!(ports("tcp", Some(1000), Some(2000)), "1000-2000");
+        assert_eq!(ports("udp", Some(-1), Some(-1)), "all");
+        assert_eq!(ports("tcp", Some(0), Some(65535)), "0-65535");
+        assert_eq!(ports("-1", None, None), "all");
+        assert_eq!(ports("icmp", Some(-1), Some(-1)), "all");
+        assert_eq!(ports("icmp", Some(8), Some(-1)), "type 8");
+        assert_eq!(ports("icmp", Some(3), Some(4)), "type 3 code 4");
+        assert_eq!(ports("icmp", None, None), "all");
+    }
+
+    #[test]
+    fn authorized_rules_are_listed() {
+        let request = api::SecurityGroupRulesRequest {
+            group_name: "web".into(),
+            ip_permissions: sample_security_groups().security_groups[1].ip_permissions.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            rules(&request, "ingress").render_text(),
+            "web\tingress\ttcp\t22\t10.0.0.0/8\tssh\n\
+             web\tingress\ttcp\t22\t192.168.0.0/16\t\n\
+             web\tingress\ticmp\ttype 8\t0.0.0.0/0\t\n"
+        );
+    }
+
+    #[test]
+    fn networking_tables() {
+        let vpc = api::Vpc {
+            vpc_id: "vpc-0001".into(),
+            cidr_block: "172.31.0.0/16".into(),
+            state: "available".into(),
+            is_default: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            vpcs(&[vpc]).render(),
+            "ID        CIDR           STATE      DEFAULT  NAME\nvpc-0001  172.31.0.0/16  available  yes      -\n"
+        );
+        let subnet = api::Subnet {
+            subnet_id: "subnet-0001".into(),
+            vpc_id: "vpc-0001".into(),
+            cidr_block: "10.0.1.0/24".into(),
+            availability_zone: "hearth-1a".into(),
+            available_ip_address_count: 251,
+            state: "available".into(),
+            tags: vec![api::Tag {
+                key: "Name".into(),
+                value: "private".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            subnets(&[subnet]).render(),
+            "\
+ID           VPC       CIDR         AZ         FREE-IPS  DEFAULT  STATE      NAME
+subnet-0001  vpc-0001  10.0.1.0/24  hearth-1a  251       no       available  private
+"
+        );
+        let free = api::Address {
+            allocation_id: "eipalloc-0002".into(),
+            public_ip: "203.0.113.8".into(),
+            domain: "vpc".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            addresses(&[sample_address(), free]).render(),
+            "\
+ALLOCATION     PUBLIC-IP    DOMAIN  INSTANCE  PRIVATE-IP  ASSOCIATION    NAME
+eipalloc-0001  203.0.113.7  vpc     i-0abc    10.0.0.5    eipassoc-0001  -
+eipalloc-0002  203.0.113.8  vpc     -         -           -              -
+"
+        );
+        let options = api::InstanceMetadataOptions {
+            http_tokens: "required".into(),
+            http_endpoint: "enabled".into(),
+            http_put_response_hop_limit: 2,
+        };
+        assert_eq!(
+            instance_metadata_options("i-0abc", &options).render_text(),
+            "i-0abc\trequired\tenabled\t2\tapplied\n"
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ struct FakeState {
     authorization: Vec<String>,
     launched: u32,
     created: u32,
+    /// The last security-group rules request, and which call it came with.
+    rules: Option<(&'static str, SecurityGroupRulesRequest)>,
+    /// The last RunInstances request.
+    run_request: Option<RunInstancesRequest>,
 }
 
 #[derive(Clone, Default)]
@@ -233,6 +237,7 @@ impl Compute for Fake {
             .map(|t| t.value.clone())
             .unwrap_or_default();
         let mut state = self.0.lock().unwrap();
+        state.run_request = Some(request.clone());
         let mut instances = Vec::new();
         for _ in 0..request.max_count.max(1) {
             state.launched += 1;
@@ -570,6 +575,117 @@ impl Compute for Fake {
         _: Request<DescribeAvailabilityZonesRequest>,
     ) -> Reply<DescribeAvailabilityZonesResponse> {
         unimplemented()
+    }
+
+    async fn create_vpc(&self, request: Request<CreateVpcRequest>) -> Reply<Vpc> {
+        let request = request.into_inner();
+        dry_run(request.dry_run)?;
+        Ok(Response::new(Vpc {
+            vpc_id: "vpc-0001".into(),
+            cidr_block: request.cidr_block,
+            state: "available".into(),
+            owner_id: "000000000000".into(),
+            instance_tenancy: "default".into(),
+            tags: request.tag_specifications.into_iter().flat_map(|s| s.tags).collect(),
+            ..Default::default()
+        }))
+    }
+
+    async fn describe_vpcs(&self, _: Request<DescribeVpcsRequest>) -> Reply<DescribeVpcsResponse> {
+        unimplemented()
+    }
+
+    async fn delete_vpc(&self, _: Request<VpcIdRequest>) -> Reply<Empty> {
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_subnet(&self, _: Request<CreateSubnetRequest>) -> Reply<Subnet> {
+        unimplemented()
+    }
+
+    async fn describe_subnets(&self, _: Request<DescribeSubnetsRequest>) -> Reply<DescribeSubnetsResponse> {
+        unimplemented()
+    }
+
+    async fn delete_subnet(&self, _: Request<SubnetIdRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn create_security_group(&self, _: Request<CreateSecurityGroupRequest>) -> Reply<SecurityGroupId> {
+        unimplemented()
+    }
+
+    async fn describe_security_groups(
+        &self,
+        _: Request<DescribeSecurityGroupsRequest>,
+    ) -> Reply<DescribeSecurityGroupsResponse> {
+        unimplemented()
+    }
+
+    async fn delete_security_group(&self, _: Request<DeleteSecurityGroupRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn authorize_security_group_ingress(&self, request: Request<SecurityGroupRulesRequest>) -> Reply<Empty> {
+        self.0.lock().unwrap().rules = Some(("AuthorizeSecurityGroupIngress", request.into_inner()));
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn authorize_security_group_egress(&self, request: Request<SecurityGroupRulesRequest>) -> Reply<Empty> {
+        self.0.lock().unwrap().rules = Some(("AuthorizeSecurityGroupEgress", request.into_inner()));
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn revoke_security_group_ingress(&self, request: Request<SecurityGroupRulesRequest>) -> Reply<Empty> {
+        self.0.lock().unwrap().rules = Some(("RevokeSecurityGroupIngress", request.into_inner()));
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn revoke_security_group_egress(&self, request: Request<SecurityGroupRulesRequest>) -> Reply<Empty> {
+        self.0.lock().unwrap().rules = Some(("RevokeSecurityGroupEgress", request.into_inner()));
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn allocate_address(&self, _: Request<AllocateAddressRequest>) -> Reply<Address> {
+        unimplemented()
+    }
+
+    async fn associate_address(&self, request: Request<AssociateAddressRequest>) -> Reply<AssociateAddressResponse> {
+        let request = request.into_inner();
+        if request.instance_id != "i-0abc" {
+            return Err(not_found(&request.instance_id));
+        }
+        Ok(Response::new(AssociateAddressResponse {
+            association_id: "eipassoc-0001".into(),
+        }))
+    }
+
+    async fn disassociate_address(&self, _: Request<DisassociateAddressRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn release_address(&self, _: Request<ReleaseAddressRequest>) -> Reply<Empty> {
+        unimplemented()
+    }
+
+    async fn describe_addresses(&self, _: Request<DescribeAddressesRequest>) -> Reply<DescribeAddressesResponse> {
+        unimplemented()
+    }
+
+    async fn modify_instance_metadata_options(
+        &self,
+        request: Request<ModifyInstanceMetadataOptionsRequest>,
+    ) -> Reply<InstanceMetadataOptions> {
+        let request = request.into_inner();
+        Ok(Response::new(InstanceMetadataOptions {
+            http_tokens: if request.http_tokens.is_empty() {
+                "optional".into()
+            } else {
+                request.http_tokens
+            },
+            http_endpoint: "enabled".into(),
+            http_put_response_hop_limit: request.http_put_response_hop_limit.unwrap_or(1),
+        }))
     }
 }
 
@@ -1114,6 +1230,278 @@ async fn ebs_and_image_usage_errors_exit_2_before_connecting() {
     ])
     .await;
     assert_eq!(out.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_group_rules_from_the_shortcut_flags_and_ip_permissions() {
+    let server = Server::start("rules").await;
+    let out = server
+        .hearth(&[
+            "authorize-security-group-ingress",
+            "--group-id",
+            "sg-0001",
+            "--protocol",
+            "tcp",
+            "--port",
+            "22",
+            "--cidr",
+            "10.0.0.0/8",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "{\n    \"Return\": true\n}\n");
+    let (call, request) = server.fake.0.lock().unwrap().rules.take().unwrap();
+    assert_eq!(call, "AuthorizeSecurityGroupIngress");
+    assert_eq!(
+        request,
+        SecurityGroupRulesRequest {
+            group_id: "sg-0001".into(),
+            group_name: String::new(),
+            ip_permissions: vec![IpPermission {
+                ip_protocol: "tcp".into(),
+                from_port: Some(22),
+                to_port: Some(22),
+                ip_ranges: vec![IpRange {
+                    cidr_ip: "10.0.0.0/8".into(),
+                    description: String::new(),
+                }],
+                user_id_group_pairs: vec![],
+            }],
+            dry_run: false,
+        }
+    );
+
+    let out = server
+        .hearth(&[
+            "revoke-security-group-egress",
+            "--group-name",
+            "web",
+            "--ip-permissions",
+            "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]",
+            r#"[{"IpProtocol":"udp","FromPort":53,"ToPort":53,"UserIdGroupPairs":[{"GroupId":"sg-0002"}]}]"#,
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "GROUP  DIRECTION  PROTOCOL  PORTS  PEER       DESCRIPTION\n\
+         web    egress     all       all    0.0.0.0/0  -\n\
+         web    egress     udp       53     sg-0002    -\n"
+    );
+    let (call, request) = server.fake.0.lock().unwrap().rules.take().unwrap();
+    assert_eq!(call, "RevokeSecurityGroupEgress");
+    assert_eq!(request.group_name, "web");
+    assert_eq!(request.ip_permissions.len(), 2);
+    assert_eq!(request.ip_permissions[1].user_id_group_pairs[0].group_id, "sg-0002");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networking_commands_print_aws_shapes() {
+    let server = Server::start("network").await;
+    let out = server
+        .hearth(&[
+            "create-vpc",
+            "--cidr-block",
+            "10.1.0.0/16",
+            "--tag-specifications",
+            "ResourceType=vpc,Tags=[{Key=Name,Value=prod}]",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["Vpc"]["VpcId"], "vpc-0001");
+    assert_eq!(json["Vpc"]["CidrBlock"], "10.1.0.0/16");
+    assert_eq!(
+        json["Vpc"]["Tags"],
+        serde_json::json!([{"Key": "Name", "Value": "prod"}])
+    );
+    let out = server
+        .hearth(&["create-vpc", "--cidr-block", "10.1.0.0/16", "--dry-run"])
+        .await;
+    assert_eq!(out.code, 254);
+    assert!(out
+        .stderr
+        .contains("(DryRunOperation) when calling the CreateVpc operation"));
+
+    let out = server.hearth(&["delete-vpc", "--vpc-id", "vpc-0001"]).await;
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{}", out.stderr);
+
+    let out = server
+        .hearth(&[
+            "associate-address",
+            "--public-ip",
+            "203.0.113.7",
+            "--instance-id",
+            "i-0abc",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "{\n    \"AssociationId\": \"eipassoc-0001\"\n}\n");
+    let out = server
+        .hearth(&[
+            "associate-address",
+            "--public-ip",
+            "203.0.113.7",
+            "--instance-id",
+            "i-9",
+        ])
+        .await;
+    assert_eq!(out.code, 254);
+    assert!(out
+        .stderr
+        .contains("(InvalidInstanceID.NotFound) when calling the AssociateAddress"));
+
+    let out = server
+        .hearth(&[
+            "modify-instance-metadata-options",
+            "--instance-id",
+            "i-0abc",
+            "--http-tokens",
+            "required",
+            "--http-put-response-hop-limit",
+            "2",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"InstanceId": "i-0abc", "InstanceMetadataOptions": {
+            "State": "applied", "HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2
+        }})
+    );
+
+    let out = server
+        .hearth(&[
+            "run-instances",
+            "--image-id",
+            "ami-0001",
+            "--subnet-id",
+            "subnet-0001",
+            "--security-group-ids",
+            "sg-0001",
+            "sg-0002",
+            "--private-ip-address",
+            "10.1.0.10",
+            "--metadata-options",
+            "HttpTokens=required,HttpPutResponseHopLimit=2",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let request = server.fake.0.lock().unwrap().run_request.take().unwrap();
+    assert_eq!(request.subnet_id, "subnet-0001");
+    assert_eq!(request.security_group_ids, ["sg-0001", "sg-0002"]);
+    assert_eq!(request.private_ip_address, "10.1.0.10");
+    let options = request.metadata_options.unwrap();
+    assert_eq!(
+        (options.http_tokens.as_str(), options.http_put_response_hop_limit),
+        ("required", 2)
+    );
+}
+
+#[tokio::test]
+async fn networking_usage_errors_exit_2_before_connecting() {
+    let endpoint = "unix:/nonexistent/hearthd.sock";
+    let rules = |extra: &[&str]| {
+        let mut args = vec!["authorize-security-group-ingress", "--endpoint", endpoint];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        hearth(&args).await
+    };
+    // No group; no rules; both kinds of rules; a shortcut without its protocol; tcp without ports; no peer.
+    for (args, says) in [
+        (
+            rules(&["--protocol", "tcp", "--port", "22", "--cidr", "0.0.0.0/0"]),
+            "--group-id",
+        ),
+        (rules(&["--group-id", "sg-1"]), "--ip-permissions"),
+        (
+            rules(&[
+                "--group-id",
+                "sg-1",
+                "--ip-permissions",
+                "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=0.0.0.0/0}]",
+                "--protocol",
+                "tcp",
+            ]),
+            "cannot be used with",
+        ),
+        (
+            rules(&["--group-id", "sg-1", "--port", "22", "--cidr", "0.0.0.0/0"]),
+            "--protocol",
+        ),
+        (
+            rules(&["--group-id", "sg-1", "--protocol", "tcp", "--cidr", "0.0.0.0/0"]),
+            "--protocol tcp needs --port",
+        ),
+        (
+            rules(&["--group-id", "sg-1", "--protocol", "tcp", "--port", "22"]),
+            "needs --cidr CIDR or --source-group",
+        ),
+        (
+            rules(&[
+                "--group-id",
+                "sg-1",
+                "--protocol",
+                "tcp",
+                "--port",
+                "22-x",
+                "--cidr",
+                "0.0.0.0/0",
+            ]),
+            "Error parsing parameter '--port'",
+        ),
+        (
+            rules(&["--group-id", "sg-1", "--ip-permissions", "IpProtocol=tcp,Ipv6Ranges=[]"]),
+            "Unknown parameter in IpPermissions[0]: \"Ipv6Ranges\"",
+        ),
+    ] {
+        let out = run(args.clone()).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    let out = hearth(&["release-address", "--endpoint", endpoint]).await;
+    assert_eq!(out.code, 2);
+    let out = hearth(&[
+        "release-address",
+        "--allocation-id",
+        "eipalloc-1",
+        "--public-ip",
+        "203.0.113.7",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    let out = hearth(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        "i-1",
+        "--groups",
+        "sg-1",
+        "--instance-type",
+        "t3.large",
+        "--endpoint",
+        endpoint,
+    ])
+    .await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("--groups changes the security groups alone"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Runs `openssl` with `args` in `dir`; false when openssl is missing or fails.
