@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 pub mod images;
+pub mod netlab;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -82,6 +83,8 @@ pub enum AgentMode {
     InProcess,
     /// `hearthd` plus a separate `hearth-agent` process (so each can be killed alone).
     Separate,
+    /// `hearthd` alone: the test starts its agents (e.g. in network namespaces, [`netlab`]).
+    External,
 }
 
 /// A private hearth region: hearthd + one agent, on a temp data directory.
@@ -117,7 +120,9 @@ impl Cloud {
         if mode == AgentMode::Separate {
             cloud.start_agent();
         }
-        cloud.wait_for_zone();
+        if mode != AgentMode::External {
+            cloud.wait_for_zone();
+        }
         cloud
     }
 
@@ -191,6 +196,8 @@ impl Cloud {
             ])
             .arg("--vmm")
             .arg(binary("hearth-vmm"))
+            // Instance networks are tested in namespaces of their own (tests/network.rs).
+            .args(["--network", "off"])
             .stdin(Stdio::null())
             .stdout(self.log("agent.log"))
             .stderr(self.log("agent.log"))

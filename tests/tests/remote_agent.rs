@@ -142,7 +142,15 @@ fn agent_over_tls_tcp_runs_an_instance() {
         .arg(dir.join("run"))
         .arg("--volume-dir")
         .arg(dir.join("volumes"))
-        .args(["--az", "homelab-1b", "--host-id", "h-remote", "--vmm"])
+        .args([
+            "--az",
+            "homelab-1b",
+            "--host-id",
+            "h-remote",
+            "--network",
+            "off",
+            "--vmm",
+        ])
         .arg(binary("hearth-vmm"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())

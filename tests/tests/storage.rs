@@ -345,6 +345,8 @@ impl OtherZoneAgent {
                 "4",
                 "--memory-mib",
                 "4096",
+                "--network",
+                "off",
             ])
             .arg("--vmm")
             .arg(binary("hearth-vmm"))

@@ -122,6 +122,8 @@ pub struct AgentConfig {
     pub host: HostSpec,
     /// Grace period of a stop when the desired instance gives none (`stop_timeout_ms` 0).
     pub default_stop_timeout: Duration,
+    /// The instance network (bridges, taps, firewall); off: instances get no NIC.
+    pub network: crate::hostnet::NetworkConfig,
 }
 
 /// Where a supervised VMM is in its life; written by its supervisor task.
@@ -279,6 +281,7 @@ pub struct Agent {
     instances: BTreeMap<String, Instance>,
     desired: Option<Vec<DesiredInstance>>,
     warned: HashSet<String>,
+    net: crate::hostnet::HostNet,
     _lock: File,
 }
 
@@ -323,6 +326,7 @@ impl Agent {
         }
         let lock = lock_run_dir(&config.run_dir)?;
         let (changes, _) = watch::channel(0u64);
+        let net = crate::hostnet::HostNet::new(config.network.clone());
         let mut agent = Agent {
             ctx: Context {
                 config,
@@ -332,6 +336,7 @@ impl Agent {
             instances: BTreeMap::new(),
             desired: None,
             warned: HashSet::new(),
+            net,
             _lock: lock,
         };
         agent.adopt()?;
@@ -406,7 +411,15 @@ impl Agent {
             vcpus: host.vcpus,
             memory_mib: host.memory_mib,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            ..HostInfo::default()
+            underlay_ip: self
+                .ctx
+                .config
+                .network
+                .underlay_ip
+                .filter(|_| self.net.enabled())
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            has_uplink: self.net.enabled() && self.ctx.config.network.uplink.is_some(),
         }
     }
 
@@ -425,8 +438,35 @@ impl Agent {
     /// `converge`. Returns at once: starts, stops and ends run in the background, and are
     /// picked up by later calls.
     pub fn reconcile(&mut self, desired: &[DesiredInstance]) {
+        let desired: Vec<DesiredInstance> = if self.net.enabled() {
+            desired.to_vec()
+        } else {
+            // Without an instance network the VMs get no NIC (and no tap is needed).
+            desired
+                .iter()
+                .cloned()
+                .map(|mut d| {
+                    d.interfaces.clear();
+                    d
+                })
+                .collect()
+        };
+        let desired = desired.as_slice();
         self.desired = Some(desired.to_vec());
         self.converge();
+    }
+
+    /// Converges the host's instance network to a Sync answer (before `reconcile`, so that
+    /// the taps of instances to start exist). Failures are logged; the next answer retries.
+    pub async fn apply_network(&mut self, network: Option<&hearth_api::v1::HostNetwork>, desired: &[DesiredInstance]) {
+        if !self.net.enabled() {
+            return;
+        }
+        let empty = hearth_api::v1::HostNetwork::default();
+        let live: Vec<DesiredInstance> = desired.iter().filter(|d| d.run != "terminated").cloned().collect();
+        if let Err(e) = self.net.apply(network.unwrap_or(&empty), &live).await {
+            eprintln!("hearth-agent: instance network: {}", error_chain(&e));
+        }
     }
 
     /// Takes in what the VMMs did since the last call (started, ended) and applies the
@@ -638,9 +678,18 @@ struct VmmConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     cmdline: Option<String>,
     disks: Vec<DiskConfigFile>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nics: Vec<NicConfigFile>,
     rng: bool,
     console: PathBuf,
     control_socket: PathBuf,
+}
+
+/// hearth-vmm's `NetConfig`.
+#[derive(Debug, Serialize)]
+struct NicConfigFile {
+    tap: String,
+    mac: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -751,6 +800,14 @@ impl LaunchPlan {
                 initrd: non_empty(&wanted.initrd_path),
                 cmdline: non_empty(&wanted.cmdline),
                 disks: Vec::new(),
+                nics: wanted
+                    .interfaces
+                    .iter()
+                    .map(|i| NicConfigFile {
+                        tap: i.tap.clone(),
+                        mac: i.mac.clone(),
+                    })
+                    .collect(),
                 rng: true,
                 console: dir.join(CONSOLE_FILE),
                 // Relative to the VMM's working directory (the run directory): short
@@ -1186,6 +1243,7 @@ mod tests {
                 memory_mib: 1024,
             },
             default_stop_timeout: Duration::from_secs(10),
+            network: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@
 mod agent;
 pub mod control;
 mod error;
+pub mod hostnet;
 mod process;
 mod state;
 mod sync;

@@ -21,6 +21,13 @@ Supervises one hearth-vmm per instance of this host, as hearthd desires.
   --memory-mib M         memory offered to instances (default: MemTotal minus 1 GiB)
   --vmm PATH             hearth-vmm binary (default: next to hearth-agent)
   --stop-timeout-ms MS   stop grace period when hearthd gives none (default: 10000)
+  --network on|off       build instance networks: bridges, taps, DHCP, metadata service,
+                         security groups (default: on; off: instances get no NIC)
+  --underlay-ip IP       this host's address for VXLAN to other hosts (default: none)
+  --underlay-dev DEV     the interface holding --underlay-ip
+  --underlay-mtu N       MTU between hosts (default: 1500; guests get 50 less over VXLAN)
+  --uplink DEV           interface to the public network, for Elastic IPs
+  --uplink-gateway IP    router on the uplink
 
 SIGINT/SIGTERM end the agent; the VMs keep running and the next agent re-adopts them.";
 
@@ -43,6 +50,15 @@ fn parse(args: &[String]) -> Result<Flags, String> {
     let mut memory_mib = None;
     let mut vmm = None;
     let mut stop_timeout_ms = 10_000u64;
+    let mut network = hearth_agent::hostnet::NetworkConfig {
+        enabled: true,
+        underlay_mtu: 1500,
+        ..Default::default()
+    };
+    let ip = |flag: &str, text: String| {
+        text.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("{flag}: {text:?} is not an IPv4 address"))
+    };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
         let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
@@ -64,6 +80,23 @@ fn parse(args: &[String]) -> Result<Flags, String> {
             "--stop-timeout-ms" => {
                 stop_timeout_ms = u64::try_from(number(value()?)?).map_err(|_| "--stop-timeout-ms must be ≥ 0")?
             }
+            "--network" => {
+                network.enabled = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--network: {other:?} is not on or off")),
+                }
+            }
+            "--underlay-ip" => network.underlay_ip = Some(ip(flag, value()?)?),
+            "--underlay-dev" => network.underlay_dev = Some(value()?),
+            "--underlay-mtu" => {
+                network.underlay_mtu = u16::try_from(number(value()?)?)
+                    .ok()
+                    .filter(|m| *m >= 576)
+                    .ok_or("--underlay-mtu must be 576..=65535")?
+            }
+            "--uplink" => network.uplink = Some(value()?),
+            "--uplink-gateway" => network.uplink_gateway = Some(ip(flag, value()?)?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -100,6 +133,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
                 memory_mib: memory_mib.unwrap_or_else(HostSpec::host_memory_mib),
             },
             default_stop_timeout: Duration::from_millis(stop_timeout_ms),
+            network,
         },
     })
 }

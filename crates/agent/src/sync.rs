@@ -114,6 +114,9 @@ where
                 let response = response.into_inner();
                 let revision_moved = response.revision != known_revision;
                 known_revision = response.revision;
+                agent
+                    .apply_network(response.network.as_ref(), &response.instances)
+                    .await;
                 agent.reconcile(&response.instances);
                 let unchanged = last_report.as_ref() == Some(&actual) && agent.actual() == actual;
                 last_report = Some(actual);

@@ -30,6 +30,9 @@ usage: hearthd [options]
   --image-store LOCATION    image store: a directory or s3://bucket/prefix?endpoint=http://host:port
                             (default <data-dir>/images)
   --snapshot-store LOCATION snapshot store, likewise (default <data-dir>/snapshots)
+  --public-ip-pool CIDR     Elastic IPs are allocated from this range (its first two and last
+                            addresses excepted); without it AllocateAddress fails
+  --dns IP                  a DNS server handed to instances by DHCP (repeatable)
   --dev                     also run a local agent in this process (one command for a
                             single host: run dir and volumes under <data-dir>/agent)
   --vmm PATH                with --dev: the hearth-vmm binary (default: next to hearthd)
@@ -81,6 +84,20 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--agent-volume-dir" => config.agent_volume_dir = Some(PathBuf::from(value()?)),
             "--image-store" => config.image_store = Some(value()?),
             "--snapshot-store" => config.snapshot_store = Some(value()?),
+            "--public-ip-pool" => {
+                let text = value()?;
+                config.public_ip_pool = Some(
+                    text.parse()
+                        .map_err(|_| format!("--public-ip-pool: {text:?} is not an IPv4 CIDR"))?,
+                );
+            }
+            "--dns" => {
+                let text = value()?;
+                config.dns_servers.push(
+                    text.parse()
+                        .map_err(|_| format!("--dns: {text:?} is not an IPv4 address"))?,
+                );
+            }
             "--dev" => dev = true,
             "--vmm" => vmm = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
@@ -175,6 +192,7 @@ async fn main() -> ExitCode {
             vmm_binary,
             host: HostSpec::detect(format!("{region}a")),
             default_stop_timeout: std::time::Duration::from_secs(10),
+            network: Default::default(),
         };
         eprintln!(
             "hearthd: --dev: local agent {} in {} ({} vCPUs, {} MiB)",

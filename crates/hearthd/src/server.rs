@@ -73,6 +73,10 @@ pub struct ServeConfig {
     pub image_store: Option<String>,
     /// The snapshot store, likewise (default `<data dir>/snapshots`); never the image store's.
     pub snapshot_store: Option<String>,
+    /// Elastic IPs come from this range.
+    pub public_ip_pool: Option<hearth_net::Ipv4Cidr>,
+    /// DNS servers handed to instances by DHCP.
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
 }
 
 impl ServeConfig {
@@ -91,6 +95,8 @@ impl ServeConfig {
             agent_volume_dir: None,
             image_store: None,
             snapshot_store: None,
+            public_ip_pool: None,
+            dns_servers: Vec::new(),
         }
     }
 
@@ -280,6 +286,8 @@ pub fn open_engine(config: &ServeConfig) -> Result<Engine, ServeError> {
     if let Some(location) = &config.snapshot_store {
         options.snapshot_store_location = location.clone();
     }
+    options.public_ip_pool = config.public_ip_pool;
+    options.dns_servers = config.dns_servers.clone();
     if options.image_store_location == options.snapshot_store_location {
         return Err(ServeError::Settings(
             "the image store and the snapshot store must be different locations".to_string(),

@@ -26,6 +26,8 @@ pub const MARK_CT_ESTABLISHED: u32 = 0x8000_0000;
 pub const MARK_OWNED: u32 = 0xffff_0000;
 /// The largest conntrack zone (VPC number) that fits [`MARK_VPC_MASK`].
 pub const MAX_ZONE: u16 = 4095;
+/// The instance metadata service's address: traffic from a port to it (TCP 80) is never subject to groups.
+pub const IMDS_ADDR: &str = "169.254.169.254";
 
 /// Why a [`HostFirewall`] cannot be compiled. Nothing is applied then: the previous ruleset stays.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -387,6 +389,8 @@ impl<'a> Plan<'a> {
                 "iifname != @ports accept".into(),
                 "ether type arp accept".into(),
                 "udp sport 68 udp dport 67 accept".into(),
+                // The instance metadata service is infrastructure too (EC2 never filters it).
+                format!("ip daddr {IMDS_ADDR} tcp dport 80 accept"),
                 invalid.clone(),
                 established.clone(),
                 "iifname vmap @port_egress".into(),

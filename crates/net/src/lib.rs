@@ -35,7 +35,8 @@
 //! - A rule's peer is a CIDR or a group: the group's members are the ports listing it plus its
 //!   `remote_members` (other hosts), kept current by recompiling.
 //! - Frames between ports of different VPCs are dropped, whatever the rules say.
-//! - DHCP between a port and the host (client → server port 67, server → client port 68) and ARP are
+//! - DHCP between a port and the host (client → server port 67, server → client port 68), the instance
+//!   metadata service (TCP to 169.254.169.254:80) and ARP are
 //!   infrastructure: never subject to groups (anti-spoofing still applies).
 //!
 //! # Why the bridge family, and where conntrack comes from
@@ -149,8 +150,8 @@ pub mod netns;
 mod nft;
 
 pub use compile::{
-    compile, compile_replacing, removal_script, CompileError, MARK_CT_ESTABLISHED, MARK_CT_INVALID, MARK_OWNED,
-    MARK_VPC_MASK, MARK_VPC_SHIFT, MARK_ZONED, MAX_ZONE, TABLE,
+    compile, compile_replacing, removal_script, CompileError, IMDS_ADDR, MARK_CT_ESTABLISHED, MARK_CT_INVALID,
+    MARK_OWNED, MARK_VPC_MASK, MARK_VPC_SHIFT, MARK_ZONED, MAX_ZONE, TABLE,
 };
 pub use model::{HostFirewall, Ipv4Cidr, MacAddr, Port, Protocol, Rule, SecurityGroup};
 pub use nft::{Nft, NftError};

@@ -479,6 +479,22 @@ impl Links {
 
     // ---- addresses --------------------------------------------------------------------------------
 
+    /// The IPv4 addresses of `link`: address, prefix length, `noprefixroute`.
+    pub async fn addresses(&self, link: &str) -> Result<Vec<(Ipv4Addr, u8, bool)>, LinkError> {
+        let index = self.require(link).await?.header.index;
+        let current: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_filter(|m| futures_util::future::ready(m.header.family == AddressFamily::Inet))
+            .try_collect()
+            .await
+            .map_err(|e| nl_failed(format!("list addresses of {link}"), e))?;
+        Ok(current.iter().filter_map(address_key).collect())
+    }
+
     /// Makes the IPv4 addresses of `link` exactly `addresses`: (address, prefix length,
     /// `noprefixroute`). With `noprefixroute` the kernel adds no route to the address's network to the
     /// main table, which is what policy routing wants (the network's route goes in the VPC's table).

@@ -160,6 +160,7 @@ impl Host {
                 memory_mib: 4096,
             },
             default_stop_timeout: Duration::from_secs(10),
+            network: Default::default(),
         };
         Host {
             base,
@@ -417,6 +418,7 @@ impl AgentControl for FakeHearthd {
         Ok(tonic::Response::new(SyncResponse {
             revision: state.revision,
             instances: state.desired.clone(),
+            network: None,
         }))
     }
 }
