@@ -82,6 +82,12 @@ impl Client {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
+    /// Sends a UDP command to the probe at `ip`, port `port` (its `send` answers from there).
+    pub fn command_on(&self, ip: Ipv4Addr, port: u16, command: &str) -> Option<String> {
+        self.udp(SocketAddrV4::new(ip, port), command.as_bytes(), Duration::from_secs(4))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// Whether a UDP echo to `ip:port` comes back within `timeout`.
     pub fn echoes(&self, ip: Ipv4Addr, port: u16, timeout: Duration) -> bool {
         let payload = b"hearth-echo";
@@ -320,6 +326,27 @@ impl Lab {
         }
     }
 
+    /// The bridge an instance's tap is enslaved to, on its host.
+    pub fn bridge_of_instance(&self, id: &str) -> String {
+        let mac = self.cloud.instance(id).mac_address;
+        let tap: String = format!("ht{}", mac.split(':').skip(1).collect::<String>());
+        let host = self.host_of(id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let output = Command::new("ip")
+                .args(["-n", host.netns.name(), "-o", "link", "show", "dev", &tap])
+                .output()
+                .expect("ip link");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let master = text.split_whitespace().skip_while(|w| *w != "master").nth(1);
+            if let Some(master) = master {
+                return master.to_string();
+            }
+            assert!(Instant::now() < deadline, "no bridge for {id} ({tap}):\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A client namespace on the bridge `bridge` of `host` with address `address` (CIDR
     /// form), routing everything through `gateway`.
     pub fn client(&mut self, host: usize, bridge: &str, address: &str, gateway: Ipv4Addr) -> usize {
@@ -355,6 +382,46 @@ impl Lab {
             netns: Netns::open(self.internet.name()).expect("internet namespace"),
             ip: INTERNET_ROUTER,
         }
+    }
+
+    /// Links, forwarding databases, addresses, rules and nftables of every host (for failure
+    /// messages).
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for host in &self.hosts {
+            let ns = host.netns.name();
+            for args in [
+                vec!["-n", ns, "-d", "-br", "link"],
+                vec!["-n", ns, "-br", "addr"],
+                vec!["-n", ns, "rule"],
+                vec!["-n", ns, "route", "show", "table", "all"],
+                vec!["-n", ns, "neigh"],
+            ] {
+                let output = Command::new("ip").args(&args).output().unwrap();
+                out.push_str(&format!(
+                    "--- {}: ip {}\n{}",
+                    host.host_id,
+                    args[2..].join(" "),
+                    String::from_utf8_lossy(&output.stdout)
+                ));
+            }
+            let fdb = Command::new("bridge").args(["-n", ns, "fdb", "show"]).output().unwrap();
+            out.push_str(&format!(
+                "--- {}: bridge fdb\n{}",
+                host.host_id,
+                String::from_utf8_lossy(&fdb.stdout)
+            ));
+            let nft = Command::new("ip")
+                .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+                .output()
+                .unwrap();
+            out.push_str(&format!(
+                "--- {}: nft list ruleset\n{}",
+                host.host_id,
+                String::from_utf8_lossy(&nft.stdout)
+            ));
+        }
+        out
     }
 
     /// Every hearth link and table left in the host namespaces (for leak checks).

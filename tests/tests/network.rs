@@ -80,7 +80,8 @@ fn security_groups_dhcp_anti_spoofing_and_metadata_on_one_host() {
         "{console}"
     );
 
-    let bridge = lab.bridge_of(&lab.hosts[0], DEFAULT_GATEWAY);
+    let bridge = lab.bridge_of_instance(id);
+    assert_eq!(bridge, lab.bridge_of(&lab.hosts[0], DEFAULT_GATEWAY));
     let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
     let client = lab.get_client(c);
 
@@ -125,6 +126,11 @@ fn security_groups_dhcp_anti_spoofing_and_metadata_on_one_host() {
         "a reply from a forged MAC got through"
     );
     assert!(client.echoes(ip, 7, Duration::from_secs(2)));
+    assert_eq!(
+        rogue_dhcp_seen(client, ip),
+        (Some("sent".to_string()), 0),
+        "a rogue DHCP offer got through"
+    );
 
     // The metadata service: IMDSv2 token, then the instance's own facts.
     let token_reply = client
@@ -234,4 +240,398 @@ fn security_groups_dhcp_anti_spoofing_and_metadata_on_one_host() {
         assert!(std::time::Instant::now() < deadline, "left behind: {left}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls a probe command until its answer satisfies `want` (rules reach hosts within a
+/// second; the limit is generous for loaded machines). Returns the last answer.
+fn until(client: &hearth_e2e::netlab::Client, ip: Ipv4Addr, command: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let answer = client.command(ip, command).unwrap_or_default();
+        if want(&answer) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_default_group_lets_members_talk_and_source_group_rules_follow_membership() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::start(1);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    let default = s(&lab
+        .cloud
+        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
+    let friends = s(&lab
+        .cloud
+        .cli_json(&["create-security-group", "--group-name", "friends", "--description", "x"])["GroupId"]);
+    let guarded = s(&lab
+        .cloud
+        .cli_json(&["create-security-group", "--group-name", "guarded", "--description", "x"])["GroupId"]);
+    // The test's client may command every probe.
+    for group in [&default, &guarded] {
+        lab.cloud.cli_json(&[
+            "authorize-security-group-ingress",
+            "--group-id",
+            group,
+            "--protocol",
+            "udp",
+            "--port",
+            "7-40",
+            "--cidr",
+            "172.31.15.250/32",
+        ]);
+    }
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &guarded,
+        "--protocol",
+        "udp",
+        "--port",
+        "7",
+        "--source-group",
+        &friends,
+    ]);
+    let members = run(&lab, &ami, 2, &[]);
+    let outsider = run(&lab, &ami, 1, &["--security-group-ids", &guarded])[0].clone();
+    let (a, b) = (&members[0], &members[1]);
+    let (ip_a, ip_b, ip_c) = (lab.wait_probe(a), lab.wait_probe(b), lab.wait_probe(&outsider));
+    let bridge = lab.bridge_of_instance(a);
+    let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
+    let client = lab.get_client(c);
+
+    // Members of the default group reach each other; others are kept out both ways.
+    assert_eq!(
+        until(client, ip_a, &format!("send {ip_b} 7 hi"), |r| r == "reply hi"),
+        "reply hi"
+    );
+    assert_eq!(
+        client.command(ip_a, &format!("send {ip_c} 7 hi")).as_deref(),
+        Some("timeout")
+    );
+    assert_eq!(
+        client.command(ip_c, &format!("send {ip_a} 7 hi")).as_deref(),
+        Some("timeout")
+    );
+
+    // A joins "friends": guarded's source-group rule now lets it in.
+    lab.cloud.cli(&[
+        "modify-instance-attribute",
+        "--instance-id",
+        a,
+        "--groups",
+        &default,
+        &friends,
+    ]);
+    let answer = until(client, ip_a, &format!("send {ip_c} 7 hi"), |r| r == "reply hi");
+    assert_eq!(answer, "reply hi", "membership change not followed:\n{}", lab.logs());
+    // B is no friend.
+    assert_eq!(
+        client.command(ip_b, &format!("send {ip_c} 7 hi")).as_deref(),
+        Some("timeout")
+    );
+    // A leaves: new flows are kept out again (the flow A:7 → C:7 is tracked and, as in
+    // EC2, outlives the rule; A's sends from port 9 are new flows).
+    lab.cloud
+        .cli(&["modify-instance-attribute", "--instance-id", a, "--groups", &default]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut port = 9;
+    loop {
+        let answer = client
+            .command_on(ip_a, port, &format!("send {ip_c} 7 hi"))
+            .unwrap_or_default();
+        if answer == "timeout" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still reaches C after leaving friends: {answer}"
+        );
+        port += 1;
+    }
+
+    // friends is named by guarded's rule: it cannot go.
+    let in_use = cli_error(&lab, &["delete-security-group", "--group-id", &friends]);
+    assert!(in_use.contains("InvalidGroup.InUse"), "{in_use}");
+}
+
+#[test]
+fn two_vpcs_with_the_same_cidr_stay_isolated() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::start(1);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    let mut vpcs = Vec::new();
+    for _ in 0..2 {
+        let vpc = s(&lab.cloud.cli_json(&["create-vpc", "--cidr-block", "10.0.0.0/16"])["Vpc"]["VpcId"]);
+        let subnet = s(&lab.cloud.cli_json(&[
+            "create-subnet",
+            "--vpc-id",
+            &vpc,
+            "--cidr-block",
+            "10.0.1.0/24",
+            "--availability-zone",
+            ZONE,
+        ])["Subnet"]["SubnetId"]);
+        let group = s(&lab.cloud.cli_json(&[
+            "create-security-group",
+            "--group-name",
+            "open",
+            "--description",
+            "x",
+            "--vpc-id",
+            &vpc,
+        ])["GroupId"]);
+        lab.cloud.cli_json(&[
+            "authorize-security-group-ingress",
+            "--group-id",
+            &group,
+            "--protocol",
+            "udp",
+            "--port",
+            "7",
+            "--cidr",
+            "10.0.0.0/8",
+        ]);
+        vpcs.push((vpc, subnet, group));
+    }
+    let run_in = |lab: &Lab, (_, subnet, group): &(String, String, String), count: usize| {
+        run(
+            lab,
+            &ami,
+            count,
+            &["--subnet-id", subnet, "--security-group-ids", group],
+        )
+    };
+    let one = run_in(&lab, &vpcs[0], 2);
+    let two = run_in(&lab, &vpcs[1], 1);
+    let (a1, b1, a2) = (&one[0], &one[1], &two[0]);
+    let (ip_a1, ip_b1, ip_a2) = (lab.wait_probe(a1), lab.wait_probe(b1), lab.wait_probe(a2));
+    assert_eq!(ip_a1, ip_a2, "both VPCs hand out the same first address");
+    assert_ne!(ip_a1, ip_b1);
+    let gateway = Ipv4Addr::new(10, 0, 1, 1);
+    let bridge1 = lab.bridge_of_instance(a1);
+    let bridge2 = lab.bridge_of_instance(a2);
+    assert_ne!(bridge1, bridge2);
+    let c1 = lab.client(0, &bridge1, "10.0.1.250/24", gateway);
+    let c2 = lab.client(0, &bridge2, "10.0.1.250/24", gateway);
+    let (client1, client2) = (lab.get_client(c1), lab.get_client(c2));
+    // The same address answers as a different instance in each VPC (the metadata service
+    // too: one listener per bridge).
+    let who1 = until(client1, ip_a1, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(a1.as_str())
+    });
+    let who2 = until(client2, ip_a2, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(a2.as_str())
+    });
+    assert!(who1.ends_with(a1.as_str()), "{who1}");
+    assert!(who2.ends_with(a2.as_str()), "{who2}");
+    // Inside VPC 1, A1 reaches B1; from VPC 2 the same address is nobody.
+    assert_eq!(
+        until(client1, ip_a1, &format!("send {ip_b1} 7 x"), |r| r == "reply x"),
+        "reply x"
+    );
+    assert_eq!(
+        client2.command(ip_a2, &format!("send {ip_b1} 7 x")).as_deref(),
+        Some("timeout")
+    );
+    // Nor does the host route between them, to the uplink or to itself: instances reach the
+    // host only for DHCP and the metadata service.
+    assert_eq!(client2.command(ip_a2, "ping 198.51.100.1").as_deref(), Some("timeout"));
+    assert_eq!(
+        client2.command(ip_a2, "ping 198.51.100.200").as_deref(),
+        Some("timeout")
+    );
+    assert_eq!(client2.command(ip_a2, "ping 10.0.1.1").as_deref(), Some("timeout"));
+}
+
+#[test]
+fn vxlan_carries_a_subnet_between_two_hosts() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::start(2);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    let default = s(&lab
+        .cloud
+        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "udp",
+        "--port",
+        "7",
+        "--cidr",
+        "172.31.15.250/32",
+    ]);
+    // One instance per host (the scheduler spreads; launch until both hosts have one).
+    let mut by_host: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let id = run(&lab, &ami, 1, &[])[0].clone();
+        by_host.entry(lab.cloud.instance(&id).host_id).or_insert(id);
+        if by_host.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
+    let a = by_host["h-lab0"].clone();
+    let b = by_host["h-lab1"].clone();
+    let (ip_a, ip_b) = (lab.wait_probe(&a), lab.wait_probe(&b));
+    let bridge = lab.bridge_of_instance(&a);
+    let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
+    let client = lab.get_client(c);
+    // The client on host 0 reaches B on host 1 through VXLAN; A and B talk.
+    assert!(
+        client.until_echo(ip_b, 7, true, Duration::from_secs(8)).is_some(),
+        "{}\n{}",
+        lab.dump(),
+        lab.logs()
+    );
+    assert_eq!(
+        until(client, ip_a, &format!("send {ip_b} 7 over"), |r| r == "reply over"),
+        "reply over"
+    );
+    assert_eq!(
+        until(client, ip_b, &format!("send {ip_a} 7 back"), |r| r == "reply back"),
+        "reply back"
+    );
+    // B's metadata comes from its own host.
+    let who = until(client, ip_b, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(b.as_str())
+    });
+    assert!(who.ends_with(b.as_str()), "{who}");
+    // The VXLAN ports exist on both hosts while the subnet spans them.
+    for host in 0..2 {
+        assert!(lab.host_leftovers(host).contains("hvx"), "{}", lab.host_leftovers(host));
+    }
+}
+
+#[test]
+fn an_elastic_ip_reaches_the_probe_from_the_internet_and_follows_reassociation() {
+    if !can_run() {
+        return;
+    }
+    let lab = Lab::start(2);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    let default = s(&lab
+        .cloud
+        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "udp",
+        "--port",
+        "7",
+        "--cidr",
+        "198.51.100.0/24",
+    ]);
+    let mut by_host: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let id = run(&lab, &ami, 1, &[])[0].clone();
+        by_host.entry(lab.cloud.instance(&id).host_id).or_insert(id);
+        if by_host.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
+    let a = by_host["h-lab0"].clone();
+    let b = by_host["h-lab1"].clone();
+    lab.wait_probe(&a);
+    lab.wait_probe(&b);
+    let address = lab.cloud.cli_json(&["allocate-address"]);
+    let (allocation, public) = (s(&address["AllocationId"]), s(&address["PublicIp"]));
+    let eip: Ipv4Addr = public.parse().unwrap();
+    lab.cloud
+        .cli_json(&["associate-address", "--allocation-id", &allocation, "--instance-id", &a]);
+    assert_eq!(lab.cloud.instance(&a).public_ip_address, public);
+    let internet = lab.internet_client();
+    let who = until(&internet, eip, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(a.as_str())
+    });
+    assert!(
+        who.ends_with(a.as_str()),
+        "the Elastic IP does not reach A: {who:?}\n{}",
+        lab.logs()
+    );
+    let public_seen = until(&internet, eip, "http GET /latest/meta-data/public-ipv4", |r| {
+        r.ends_with(&public)
+    });
+    assert!(public_seen.ends_with(&public), "{public_seen}");
+
+    let taken = cli_error(
+        &lab,
+        &["associate-address", "--allocation-id", &allocation, "--instance-id", &b],
+    );
+    assert!(taken.contains("Resource.AlreadyAssociated"), "{taken}");
+    let start = std::time::Instant::now();
+    lab.cloud.cli_json(&[
+        "associate-address",
+        "--allocation-id",
+        &allocation,
+        "--instance-id",
+        &b,
+        "--allow-reassociation",
+    ]);
+    let who = until(&internet, eip, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(b.as_str())
+    });
+    assert!(
+        who.ends_with(b.as_str()),
+        "the Elastic IP did not move to B: {who:?}\n{}",
+        lab.logs()
+    );
+    eprintln!("reassociation → traffic at B (another host): {:?}", start.elapsed());
+    assert_eq!(lab.cloud.instance(&b).public_ip_address, public);
+    assert_eq!(lab.cloud.instance(&a).public_ip_address, "");
+
+    let unknown = cli_error(&lab, &["release-address", "--allocation-id", "eipalloc-12345678"]);
+    assert!(unknown.contains("InvalidAddress.NotFound"), "{unknown}");
+    let busy = cli_error(&lab, &["release-address", "--allocation-id", &allocation]);
+    assert!(busy.contains("InvalidIPAddress.InUse"), "{busy}");
+    let association = s(&lab.cloud.cli_json(&["describe-addresses"])["Addresses"][0]["AssociationId"]);
+    lab.cloud
+        .cli(&["disassociate-address", "--association-id", &association]);
+    assert!(
+        until(&internet, eip, "http GET /latest/meta-data/instance-id", |r| r
+            .is_empty())
+        .is_empty(),
+        "the address still answers after DisassociateAddress"
+    );
+    let released = lab.cloud.cli(&["release-address", "--allocation-id", &allocation]);
+    assert!(released.status.success());
+}
+
+/// Asks the probe to send a DHCP offer as if it were a server, while the client listens on
+/// the DHCP client port: returns the probe's answer and how many offers arrived.
+fn rogue_dhcp_seen(client: &hearth_e2e::netlab::Client, ip: Ipv4Addr) -> (Option<String>, usize) {
+    client
+        .netns
+        .run(move || {
+            let listener = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
+            listener.set_broadcast(true).unwrap();
+            listener.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+            let commander = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            commander.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            commander.send_to(b"spoof-dhcp", (ip, 7)).unwrap();
+            let mut buf = [0u8; 2048];
+            let answer = commander
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned());
+            let mut offers = 0;
+            while listener.recv_from(&mut buf).is_ok() {
+                offers += 1;
+            }
+            (answer, offers)
+        })
+        .unwrap()
 }

@@ -330,13 +330,18 @@ impl HostNet {
                     src: None,
                 });
             }
-            rules.push(RoutingRule {
-                priority: RULE_PRIORITIES.start + 9000 + vpc % 1000,
-                iif: None,
-                oif: None,
-                fwmark: Some((vpc << MARK_VPC_SHIFT, MARK_VPC_MASK)),
-                table,
-            });
+            // Only for packets from the uplink: frames from ports carry the VPC mark too, and
+            // so do the VXLAN packets that encapsulate them (the mark survives the tunnel),
+            // which must follow the main table to the underlay.
+            if let Some(uplink) = &self.config.uplink {
+                rules.push(RoutingRule {
+                    priority: RULE_PRIORITIES.start + 9000 + vpc % 1000,
+                    iif: Some(uplink.clone()),
+                    oif: None,
+                    fwmark: Some((vpc << MARK_VPC_SHIFT, MARK_VPC_MASK)),
+                    table,
+                });
+            }
         }
         // Rules with the same priority are fine for the kernel, but keep them apart.
         dedup_priorities(&mut rules);
@@ -654,7 +659,7 @@ fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Ad
     );
     let _ = writeln!(
         s,
-        "  chain to_host {{ type filter hook input priority filter; policy accept;\n    iifname != @bridges accept\n    ct state established,related accept\n    udp sport 68 udp dport 67 accept\n    ip daddr {IMDS_ADDR} tcp dport 80 accept\n    icmp type echo-request accept\n    counter drop\n  }}"
+        "  chain to_host {{ type filter hook input priority filter; policy accept;\n    iifname != @bridges accept\n    ct state established,related accept\n    udp sport 68 udp dport 67 accept\n    ip daddr {IMDS_ADDR} tcp dport 80 accept\n    counter drop\n  }}"
     );
     s.push_str("}\n");
     s
