@@ -1,11 +1,24 @@
-//! Applying 1,000 security-group rules on 100 ports: hearth's nft batch against the same ruleset
-//! through `iptables-restore` (per-port chains reached with physdev matches, as OpenStack Neutron's
-//! hybrid iptables firewall builds them). Everything runs in a scratch network namespace.
+//! Two benchmarks of hearth's network path, each against a baseline measured in the same run:
 //!
-//! `cargo run --release -p hearth-net --example netbench [RUNS]` prints one JSON line on stdout
-//! (medians in milliseconds) and a table on stderr. Needs root, `ip` and `nft`; `iptables-restore` and
-//! `iptables-legacy-restore` are measured when installed. `--print-nft` / `--print-iptables` print the
-//! two rulesets instead.
+//! - Applying 1,000 security-group rules on 100 ports: hearth's nft batch against the same ruleset through
+//!   `iptables-restore` (per-port chains reached with physdev matches, as OpenStack Neutron's hybrid iptables
+//!   firewall builds them), in a scratch network namespace.
+//! - UDP echo round trip (`netbench/rtt.rs`): from a client namespace through a veth pair, a bridge, hearth's ruleset
+//!   (br_netfilter, conntrack) and a tap to the probe guest (`images/probe`, `probe.ops=net-echo`) run by
+//!   `hearth-vmm`, against a plain veth pair between two namespaces with an echo thread at the far end, no
+//!   bridge and no firewall: median and 99th percentile of 2,000 sequential round trips, and their ratio.
+//!   The probe VM needs `/dev/kvm` and the paths `HEARTH_VMM` (`hearth-vmm`) and `HEARTH_PROBE` (the probe,
+//!   `scripts/build-probe` prints it); without them these rows are skipped, saying why.
+//!
+//! `cargo run --release -p hearth-net --example netbench [RUNS]` prints one JSON line on stdout (nft:
+//! medians of RUNS runs in milliseconds; round trips in microseconds) and a table on stderr;
+//! `scripts/bench net` builds what it needs and runs it. Needs root, `ip` and `nft`; `iptables-restore` and
+//! `iptables-legacy-restore` are measured when installed. `--print-nft` / `--print-iptables` print the two
+//! rulesets instead. Every namespace is deleted and the VMM killed on the way out, errors and SIGINT/SIGTERM
+//! included.
+
+#[path = "netbench/rtt.rs"]
+mod rtt;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -149,8 +162,21 @@ fn time_restore(netns: &Netns, program: &str, input: &str, runs: usize) -> Resul
     Ok(Some(median(times)))
 }
 
-/// Runs the measurements in `netns` and returns the JSON line.
-fn measure(netns: &Netns, runs: usize) -> Result<String, String> {
+/// What applying the ruleset cost.
+struct Apply {
+    rules: usize,
+    runs: usize,
+    compile_ms: f64,
+    nft_ms: f64,
+    restore_ms: Option<f64>,
+    legacy_ms: Option<f64>,
+    script_lines: usize,
+    script_bytes: usize,
+    iptables_lines: usize,
+}
+
+/// Runs the ruleset measurements in `netns`.
+fn measure(netns: &Netns, runs: usize) -> Result<Apply, String> {
     let nft = Nft::in_netns(netns.name());
     let fw = firewall();
     let rules: usize = fw.groups.iter().map(|g| g.ingress.len() + g.egress.len()).sum();
@@ -160,6 +186,7 @@ fn measure(netns: &Netns, runs: usize) -> Result<String, String> {
     let compile_ms = start.elapsed().as_secs_f64() * 1000.0;
     let mut nft_times = Vec::new();
     for _ in 0..runs {
+        rtt::interrupted()?;
         let start = Instant::now();
         nft.apply(&script).map_err(|e| e.to_string())?;
         nft_times.push(start.elapsed());
@@ -170,29 +197,107 @@ fn measure(netns: &Netns, runs: usize) -> Result<String, String> {
     let iptables = iptables_ruleset(&fw);
     let restore_ms = time_restore(netns, "iptables-restore", &iptables, runs)?;
     let legacy_ms = time_restore(netns, "iptables-legacy-restore", &iptables, runs)?;
-    let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
+    Ok(Apply {
+        rules,
+        runs,
+        compile_ms,
+        nft_ms,
+        restore_ms,
+        legacy_ms,
+        script_lines: script.lines().count(),
+        script_bytes: script.len(),
+        iptables_lines: iptables.lines().count(),
+    })
+}
+
+/// The table, on stderr.
+fn print_table(apply: &Apply, rtt: &rtt::Outcome) {
+    let Apply {
+        rules, runs, nft_ms, ..
+    } = *apply;
     eprintln!("| {rules} rules on {PORTS} ports, median of {runs} | ms | vs nft |");
     eprintln!("|---|---|---|");
-    eprintln!("| hearth-net compile | {compile_ms:.2} | |");
+    eprintln!("| hearth-net compile | {:.2} | |", apply.compile_ms);
     eprintln!("| nft -f (hearth-net, one transaction) | {nft_ms:.2} | 1.0 |");
-    for (name, value) in [("iptables-restore", restore_ms), ("iptables-legacy-restore", legacy_ms)] {
+    for (name, value) in [
+        ("iptables-restore", apply.restore_ms),
+        ("iptables-legacy-restore", apply.legacy_ms),
+    ] {
         match value {
             Some(ms) => eprintln!("| {name} | {ms:.2} | {:.2} |", ms / nft_ms),
             None => eprintln!("| {name} | not installed | |"),
         }
     }
+    if let rtt::Outcome::Measured { veth, hearth } = rtt {
+        eprintln!(
+            "| **UDP echo round trip, {} sequential after {} warm-up, {} B** | **µs, median / p99** | **vs veth** |",
+            rtt::SAMPLES,
+            rtt::WARMUP,
+            rtt::PAYLOAD
+        );
+        eprintln!(
+            "| veth pair, no bridge, no firewall (echo thread) | {:.1} / {:.1} | 1.0 |",
+            veth.median_us, veth.p99_us
+        );
+        eprintln!(
+            "| probe VM: veth + bridge + nftables (br_netfilter, conntrack) + tap | {:.1} / {:.1} | {:.2} / {:.2} |",
+            hearth.median_us,
+            hearth.p99_us,
+            hearth.median_us / veth.median_us,
+            hearth.p99_us / veth.p99_us
+        );
+    }
     eprintln!(
         "(nft script: {} lines, {} bytes; iptables-restore input: {} lines)",
-        script.lines().count(),
-        script.len(),
-        iptables.lines().count()
+        apply.script_lines, apply.script_bytes, apply.iptables_lines
     );
-    Ok(format!(
-        "{{\"nft_ms\":{nft_ms:.2},\"iptables_restore_ms\":{},\"iptables_legacy_restore_ms\":{},\
-         \"compile_ms\":{compile_ms:.2},\"rules\":{rules},\"ports\":{PORTS},\"runs\":{runs}}}",
-        json(restore_ms),
-        json(legacy_ms)
-    ))
+    match rtt {
+        rtt::Outcome::Measured { veth, hearth } => {
+            for (path, lost) in [("veth", veth.lost), ("probe VM", hearth.lost)] {
+                if lost > 0 {
+                    eprintln!("({path}: {lost} echoes lost, left out of the samples)");
+                }
+            }
+        }
+        rtt::Outcome::Skipped(why) => eprintln!("(UDP echo round-trip rows skipped: {why})"),
+        rtt::Outcome::Failed(_) => {}
+    }
+}
+
+/// The JSON line: milliseconds for the ruleset, microseconds for round trips (null when skipped).
+fn json(apply: &Apply, rtt: &rtt::Outcome) -> String {
+    let num = |v: Option<f64>, digits: usize| v.map_or("null".to_string(), |v| format!("{v:.digits$}"));
+    let (veth, hearth) = match rtt {
+        rtt::Outcome::Measured { veth, hearth } => (Some(*veth), Some(*hearth)),
+        _ => (None, None),
+    };
+    let skipped = match rtt {
+        rtt::Outcome::Skipped(why) => serde_json::to_string(why).unwrap_or_else(|_| "\"?\"".into()),
+        _ => "null".into(),
+    };
+    let ratio = |f: fn(&rtt::Rtt) -> f64| num(veth.zip(hearth).map(|(veth, hearth)| f(&hearth) / f(&veth)), 2);
+    format!(
+        "{{\"nft_ms\":{:.2},\"iptables_restore_ms\":{},\"iptables_legacy_restore_ms\":{},\
+         \"compile_ms\":{:.2},\"rules\":{},\"ports\":{PORTS},\"runs\":{},\
+         \"veth_rtt_median_us\":{},\"veth_rtt_p99_us\":{},\"hearth_rtt_median_us\":{},\"hearth_rtt_p99_us\":{},\
+         \"rtt_ratio_median\":{},\"rtt_ratio_p99\":{},\"rtt_samples\":{},\"rtt_warmup\":{},\
+         \"rtt_payload_bytes\":{},\"rtt_skipped\":{skipped}}}",
+        apply.nft_ms,
+        num(apply.restore_ms, 2),
+        num(apply.legacy_ms, 2),
+        apply.compile_ms,
+        apply.rules,
+        apply.runs,
+        num(veth.map(|r| r.median_us), 1),
+        num(veth.map(|r| r.p99_us), 1),
+        num(hearth.map(|r| r.median_us), 1),
+        num(hearth.map(|r| r.p99_us), 1),
+        ratio(|r| r.median_us),
+        ratio(|r| r.p99_us),
+        rtt::SAMPLES,
+        rtt::WARMUP,
+        rtt::PAYLOAD,
+    )
 }
 
 fn main() {
@@ -208,15 +313,26 @@ fn main() {
         return;
     }
     let runs: usize = arg.map(|a| a.parse().expect("RUNS: a number of runs")).unwrap_or(5);
-    let netns = Netns::create(&format!("hearth-netbench-{}", std::process::id())).expect("scratch namespace");
-    // No panics past this point: release builds abort, and the namespace must be deleted.
-    let result = measure(&netns, runs.max(1));
-    drop(netns);
-    match result {
-        Ok(json) => println!("{json}"),
+    rtt::catch_signals();
+    // No panics past this point: release builds abort, and namespaces must be deleted, processes killed.
+    let apply = Netns::create(&format!("hearth-netbench-{}", std::process::id()))
+        .map_err(|e| format!("scratch namespace: {e}"))
+        .and_then(|netns| measure(&netns, runs.max(1)));
+    let apply = match apply {
+        Ok(apply) => apply,
         Err(e) => {
             eprintln!("netbench: {e}");
             std::process::exit(1);
         }
+    };
+    let rtt = match rtt::interrupted() {
+        Ok(()) => rtt::measure(),
+        Err(e) => rtt::Outcome::Failed(e),
+    };
+    print_table(&apply, &rtt);
+    if let rtt::Outcome::Failed(e) = &rtt {
+        eprintln!("netbench: UDP echo round trip: {e}");
+        std::process::exit(1);
     }
+    println!("{}", json(&apply, &rtt));
 }
