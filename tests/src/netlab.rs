@@ -288,14 +288,27 @@ impl Lab {
 
     /// Waits until the probe `id` got its address by DHCP and answers; returns the address.
     pub fn wait_probe(&self, id: &str) -> Ipv4Addr {
-        let console = self.wait_console(id, "probe: net-echo ready ip=", Duration::from_secs(60));
-        let line = console
-            .lines()
-            .find_map(|l| l.strip_prefix("probe: net-echo ready ip="))
-            .expect("ready line");
-        line.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("bad probe address {line:?}"))
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // A whole line only (the console may be caught mid-line).
+            let console = self.console(id);
+            let address = console
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .find_map(|l| l.strip_prefix("probe: net-echo ready ip="))
+                .map(|a| a.trim().parse::<Ipv4Addr>());
+            match address {
+                Some(Ok(ip)) => return ip,
+                Some(Err(_)) => panic!("bad probe address in:\n{console}"),
+                None => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never got ready:\n{console}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The bridge of the subnet with `gateway` on `host` (from the bridges' addresses).

@@ -507,6 +507,56 @@ fn vxlan_carries_a_subnet_between_two_hosts() {
         r.ends_with(b.as_str())
     });
     assert!(who.ends_with(b.as_str()), "{who}");
+    // Two subnets of another VPC, one instance each, on different hosts: each host routes
+    // between the VPC's subnets itself and reaches the other subnet's instance over VXLAN.
+    let vpc = s(&lab.cloud.cli_json(&["create-vpc", "--cidr-block", "10.1.0.0/16"])["Vpc"]["VpcId"]);
+    let group = s(&lab.cloud.cli_json(&[
+        "create-security-group",
+        "--group-name",
+        "open",
+        "--description",
+        "x",
+        "--vpc-id",
+        &vpc,
+    ])["GroupId"]);
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &group,
+        "--protocol",
+        "udp",
+        "--port",
+        "7",
+        "--cidr",
+        "10.1.0.0/16",
+    ]);
+    let mut placed = Vec::new();
+    for (cidr, host) in [("10.1.1.0/24", "h-lab0"), ("10.1.2.0/24", "h-lab1")] {
+        let subnet = s(&lab.cloud.cli_json(&[
+            "create-subnet",
+            "--vpc-id",
+            &vpc,
+            "--cidr-block",
+            cidr,
+            "--availability-zone",
+            ZONE,
+        ])["Subnet"]["SubnetId"]);
+        let id = (0..6)
+            .map(|_| run(&lab, &ami, 1, &["--subnet-id", &subnet, "--security-group-ids", &group])[0].clone())
+            .find(|id| lab.cloud.instance(id).host_id == host)
+            .unwrap_or_else(|| panic!("no instance of {cidr} landed on {host}"));
+        placed.push(id);
+    }
+    let (ip_c, ip_d) = (lab.wait_probe(&placed[0]), lab.wait_probe(&placed[1]));
+    let bridge = lab.bridge_of_instance(&placed[0]);
+    let c2 = lab.client(0, &bridge, "10.1.1.250/24", Ipv4Addr::new(10, 1, 1, 1));
+    let client2 = lab.get_client(c2);
+    assert_eq!(
+        until(client2, ip_c, &format!("send {ip_d} 7 routed"), |r| r == "reply routed"),
+        "reply routed",
+        "{}",
+        lab.dump()
+    );
     // The VXLAN ports exist on both hosts while the subnet spans them.
     for host in 0..2 {
         assert!(lab.host_leftovers(host).contains("hvx"), "{}", lab.host_leftovers(host));

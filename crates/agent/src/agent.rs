@@ -463,8 +463,9 @@ impl Agent {
             return;
         }
         let empty = hearth_api::v1::HostNetwork::default();
-        let live: Vec<DesiredInstance> = desired.iter().filter(|d| d.run != "terminated").cloned().collect();
-        if let Err(e) = self.net.apply(network.unwrap_or(&empty), &live).await {
+        // Instances being terminated keep their taps until hearthd drops them from the answer
+        // (after their VMM ended).
+        if let Err(e) = self.net.apply(network.unwrap_or(&empty), desired).await {
             eprintln!("hearth-agent: instance network: {}", error_chain(&e));
         }
     }

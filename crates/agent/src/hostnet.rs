@@ -97,6 +97,7 @@ struct SubnetPlan {
     number: u32,
     vpc_number: u32,
     peers: Vec<Ipv4Addr>,
+    neighbors: Vec<(Ipv4Addr, MacAddr)>,
 }
 
 impl SubnetPlan {
@@ -134,9 +135,28 @@ pub struct HostNet {
     tables: BTreeSet<u32>,
     /// Elastic IPs on the uplink after the last pass.
     elastic: BTreeSet<Ipv4Addr>,
-    /// The last answer applied successfully (a pass with the same input does nothing).
-    applied: Option<(HostNetwork, Vec<DesiredInstance>)>,
+    /// The last input applied successfully, and when: a pass with the same input does nothing
+    /// for a minute, then converges again (repairs drift: a flapped uplink, a deleted link).
+    applied: Option<(NetInput, std::time::Instant)>,
 }
+
+/// What of a Sync answer the network depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct NetInput {
+    network: HostNetwork,
+    interfaces: Vec<InstanceNet>,
+}
+
+/// An instance's interfaces, metadata-service facts and metadata.
+type InstanceNet = (
+    String,
+    Vec<hearth_api::v1::NetworkInterface>,
+    Option<hearth_api::v1::ImdsInfo>,
+    Option<hearth_api::v1::InstanceMetadata>,
+);
+
+/// How long an applied input is trusted before the next pass converges again.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct BridgeServers {
     ifindex: u32,
@@ -183,16 +203,30 @@ impl HostNet {
         if !self.config.enabled {
             return Ok(());
         }
+        let input = NetInput {
+            network: network.clone(),
+            interfaces: instances
+                .iter()
+                .map(|i| {
+                    (
+                        i.instance_id.clone(),
+                        i.interfaces.clone(),
+                        i.imds.clone(),
+                        i.metadata.clone(),
+                    )
+                })
+                .collect(),
+        };
         if self
             .applied
             .as_ref()
-            .is_some_and(|(n, i)| n == network && i.as_slice() == instances)
+            .is_some_and(|(applied, at)| *applied == input && at.elapsed() < REFRESH)
         {
             return Ok(());
         }
         let result = self.converge(network, instances).await;
         self.applied = match result {
-            Ok(()) => Some((network.clone(), instances.to_vec())),
+            Ok(()) => Some((input, std::time::Instant::now())),
             Err(_) => None,
         };
         result
@@ -208,7 +242,11 @@ impl HostNet {
         };
         let by_id: BTreeMap<&str, &SubnetPlan> = subnets.iter().map(|s| (s.id.as_str(), s)).collect();
         if !subnets.is_empty() {
-            sysctl("net/ipv4/ip_forward", "1")?;
+            // Forwarding only on hearth's interfaces, not the host's others: the host routes
+            // for its VPCs, not between its other networks.
+            if let Some(uplink) = &self.config.uplink {
+                sysctl(&format!("net/ipv4/conf/{uplink}/forwarding"), "1")?;
+            }
             // Loose at most: replies of the metadata service and DHCP leave through the
             // bridge they are bound to, whatever the main table says (see hearth_net::imds).
             let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
@@ -217,8 +255,12 @@ impl HostNet {
             }
         }
 
-        // Bridges, their addresses and VXLAN ports.
-        let mut guest_mtu: HashMap<String, u16> = HashMap::new();
+        // Bridges, their addresses and VXLAN ports. With an underlay every guest gets the VXLAN
+        // MTU from the start (a subnet may span hosts later).
+        let guest_mtu: Option<u16> = self
+            .config
+            .underlay_ip
+            .map(|_| self.config.underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
         for subnet in &subnets {
             let bridge = subnet.bridge();
             links.ensure_bridge(&bridge).await?;
@@ -229,7 +271,12 @@ impl HostNet {
                     &[(subnet.gateway, subnet.cidr.prefix(), true), (IMDS_ADDR, 32, true)],
                 )
                 .await?;
-            for (key, value) in [("rp_filter", "0"), ("accept_local", "1"), ("arp_ignore", "1")] {
+            for (key, value) in [
+                ("rp_filter", "0"),
+                ("accept_local", "1"),
+                ("arp_ignore", "1"),
+                ("forwarding", "1"),
+            ] {
                 sysctl(&format!("net/ipv4/conf/{bridge}/{key}"), value)?;
             }
             links.set_up(&bridge).await?;
@@ -248,16 +295,48 @@ impl HostNet {
                     links.set_master(&vxlan, Some(&bridge)).await?;
                     links.set_up(&vxlan).await?;
                     links.set_flood_peers(&vxlan, &subnet.peers).await?;
-                    guest_mtu.insert(
-                        subnet.id.clone(),
-                        self.config.underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
-                    );
+                    if let Some(mtu) = guest_mtu {
+                        links.set_mtu(&vxlan, u32::from(mtu)).await?;
+                    }
                 }
                 _ => {
                     links.delete_link(&vxlan).await?;
                 }
             }
+            // Instances behind the VXLAN port are known, not ARPed for: their ARP answers
+            // would go to the router's MAC, which is this host's own on every host.
+            links.set_neighbors(&bridge, &subnet.neighbors).await?;
         }
+
+        // Elastic IPs (their NAT is in the host table).
+        let mut elastic: Vec<(Ipv4Addr, Ipv4Addr, &SubnetPlan)> = Vec::new();
+        for eip in &network.elastic_ips {
+            let public: Ipv4Addr = parse(&eip.public_ip, "elastic ip")?;
+            let private: Ipv4Addr = parse(&eip.private_ip, "private ip")?;
+            let subnet = by_id
+                .get(eip.subnet_id.as_str())
+                .ok_or_else(|| NetError::Answer(format!("elastic ip {public}: unknown subnet {}", eip.subnet_id)))?;
+            elastic.push((public, private, subnet));
+        }
+        // The firewall and the host table, one transaction, before any tap joins a bridge: a
+        // port is never on a bridge without its rules (a failure stops here, before the taps).
+        let nft = self.nft.clone();
+        let host_table = host_table(&self.config, &subnets, &elastic);
+        let has_ports = !firewall.ports.is_empty();
+        tokio::task::spawn_blocking(move || -> Result<(), NetError> {
+            let current = nft.current()?.unwrap_or_default();
+            let mut script = if has_ports {
+                nft.enable_br_netfilter()?;
+                hearth_net::compile_replacing(&firewall, &current).map_err(hearth_net::NftError::from)?
+            } else {
+                hearth_net::removal_script()
+            };
+            script.push_str(&host_table);
+            nft.apply(&script)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| NetError::Answer(format!("firewall task: {e}")))??;
 
         // Taps.
         let mut taps: BTreeSet<String> = BTreeSet::new();
@@ -354,17 +433,9 @@ impl HostNet {
         self.tables = tables.keys().copied().collect();
         links.set_rules(RULE_PRIORITIES, &rules).await?;
 
-        // Elastic IPs: each is an address of the uplink (/32, noprefixroute marks ours), so
-        // that the uplink's network finds it here; a gratuitous ARP when it arrives.
-        let mut elastic: Vec<(Ipv4Addr, Ipv4Addr, &SubnetPlan)> = Vec::new();
-        for eip in &network.elastic_ips {
-            let public: Ipv4Addr = parse(&eip.public_ip, "elastic ip")?;
-            let private: Ipv4Addr = parse(&eip.private_ip, "private ip")?;
-            let subnet = by_id
-                .get(eip.subnet_id.as_str())
-                .ok_or_else(|| NetError::Answer(format!("elastic ip {public}: unknown subnet {}", eip.subnet_id)))?;
-            elastic.push((public, private, subnet));
-        }
+        // Each Elastic IP becomes an address of the uplink (/32, noprefixroute marks ours) only
+        // now that its DNAT exists, so that the uplink's network finds it here; a gratuitous
+        // ARP when it arrives.
         let uplink = self.config.uplink.clone();
         if let Some(uplink) = &uplink {
             let current = links.addresses(uplink).await?;
@@ -376,25 +447,6 @@ impl HostNet {
             wanted.extend(elastic.iter().map(|(public, _, _)| (*public, 32, true)));
             links.set_addresses(uplink, &wanted).await?;
         }
-
-        // The firewall and the host table: one transaction.
-        let nft = self.nft.clone();
-        let host_table = host_table(&self.config, &subnets, &elastic);
-        let has_ports = !firewall.ports.is_empty();
-        tokio::task::spawn_blocking(move || -> Result<(), NetError> {
-            let current = nft.current()?.unwrap_or_default();
-            let mut script = if has_ports {
-                nft.enable_br_netfilter()?;
-                hearth_net::compile_replacing(&firewall, &current).map_err(hearth_net::NftError::from)?
-            } else {
-                hearth_net::removal_script()
-            };
-            script.push_str(&host_table);
-            nft.apply(&script)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| NetError::Answer(format!("firewall task: {e}")))??;
 
         if let (Some(uplink), Some(_)) = (&uplink, self.config.uplink_gateway) {
             let now: BTreeSet<Ipv4Addr> = elastic.iter().map(|(public, _, _)| *public).collect();
@@ -421,7 +473,7 @@ impl HostNet {
                 lease.dns = interface.dns.iter().filter_map(|d| d.parse().ok()).collect();
                 lease.hostname = instance.metadata.as_ref().map(|m| m.hostname.clone());
                 lease.domain_name = Some(hearth_net::imds::DOMAIN.to_string());
-                lease.mtu = guest_mtu.get(&subnet.id).copied();
+                lease.mtu = guest_mtu;
                 leases.entry(subnet.bridge()).or_default().insert(mac, lease);
                 metadata.entry(subnet.bridge()).or_default().push(imds_instance(
                     instance,
@@ -488,6 +540,11 @@ fn parse_subnets(network: &HostNetwork) -> Result<Vec<SubnetPlan>, NetError> {
                     .iter()
                     .map(|p| parse(p, "peer"))
                     .collect::<Result<Vec<Ipv4Addr>, NetError>>()?,
+                neighbors: s
+                    .neighbors
+                    .iter()
+                    .map(|n| Ok((parse(&n.ip, "neighbor ip")?, parse(&n.mac, "neighbor mac")?)))
+                    .collect::<Result<Vec<(Ipv4Addr, MacAddr)>, NetError>>()?,
             })
         })
         .collect()
@@ -566,15 +623,67 @@ fn imds_instance(
 /// that routes DNAT'd traffic into its VPC's table, and the filters that keep instances
 /// off the host and the uplink unless an Elastic IP carries them.
 fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Addr, Ipv4Addr, &SubnetPlan)]) -> String {
-    let mut s = format!("table ip {HOST_TABLE} {{}}\ndelete table ip {HOST_TABLE}\n");
+    let mut s = format!(
+        "table ip {HOST_TABLE} {{}}\ndelete table ip {HOST_TABLE}\ntable bridge {HOST_TABLE} {{}}\ndelete table bridge {HOST_TABLE}\n"
+    );
     if subnets.is_empty() {
         return s;
     }
     let list = |items: Vec<String>| items.join(", ");
+    let elements = |items: Vec<String>| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", items.join(", "))
+        }
+    };
+    let gateways: BTreeSet<String> = subnets.iter().map(|b| b.gateway.to_string()).collect();
+    let gateways: Vec<String> = gateways.into_iter().collect();
+    let mut infra = gateways.clone();
+    infra.push(IMDS_ADDR.to_string());
+    let peers: BTreeSet<String> = subnets
+        .iter()
+        .flat_map(|b| b.peers.iter().map(|p| p.to_string()))
+        .collect();
+
+    // Between hosts (VXLAN ports): every host's router has the same MAC, so a frame this host
+    // routed leaves with a MAC of its own instead (else the receiving bridge, which owns the
+    // router MAC too, would drop it as its own); ARP for the router and the metadata service
+    // and DHCP stay on their host.
+    if let Some(underlay) = config.underlay_ip {
+        let o = underlay.octets();
+        let own = format!("0a:68:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        let _ = writeln!(
+            s,
+            "table bridge {HOST_TABLE} {{\n  set infra {{ type ipv4_addr;{} }}\n  chain vxlan_out {{ type filter hook output priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" ether saddr and ff:ff:ff:00:00:00 == 06:68:62:00:00:00 ether saddr set {own}\n    oifname \"{VXLAN_PREFIX}*\" udp sport 67 drop\n  }}\n  chain vxlan_forward {{ type filter hook forward priority filter; policy accept;\n    oifname \"{VXLAN_PREFIX}*\" arp daddr ip @infra drop\n    oifname \"{VXLAN_PREFIX}*\" udp dport 67 drop\n  }}\n  chain vxlan_in {{ type filter hook prerouting priority filter; policy accept;\n    iifname \"{VXLAN_PREFIX}*\" udp dport 67 drop\n    iifname \"{VXLAN_PREFIX}*\" arp daddr ip @infra drop\n  }}\n}}",
+            elements(infra.clone())
+        );
+    }
+
     let bridges = list(subnets.iter().map(|b| format!("\"{}\"", b.bridge())).collect());
+    let zones = list(
+        subnets
+            .iter()
+            .map(|b| format!("\"{}\" : {}", b.bridge(), b.vpc_number))
+            .collect(),
+    );
     let _ = writeln!(s, "table ip {HOST_TABLE} {{");
     let _ = writeln!(s, "  set bridges {{ type ifname; elements = {{ {bridges} }} }}");
+    let _ = writeln!(s, "  set gateways {{ type ipv4_addr;{} }}", elements(gateways));
+    let _ = writeln!(
+        s,
+        "  set vxlan_peers {{ type ipv4_addr;{} }}",
+        elements(peers.into_iter().collect())
+    );
+    // Each VPC's traffic is tracked in its own conntrack zone (its number), whichever way it
+    // goes: bridged, routed, NAT'd or to the host. Two VPCs with the same addresses never
+    // share a connection.
+    let _ = writeln!(
+        s,
+        "  map bridge_zone {{ typeof iifname : ct zone; elements = {{ {zones} }} }}"
+    );
     let uplink = config.uplink.as_deref().filter(|_| !elastic.is_empty());
+    let mut zone_rules = vec!["iifname @bridges ct zone set iifname map @bridge_zone".to_string()];
     if let Some(uplink) = uplink {
         let dnat = list(elastic.iter().map(|(p, q, _)| format!("{p} : {q}")).collect());
         let marks = list(
@@ -583,12 +692,19 @@ fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Ad
                 .map(|(p, _, sub)| format!("{p} : {:#010x}", sub.vpc_number << MARK_VPC_SHIFT))
                 .collect(),
         );
+        let eip_zones = list(
+            elastic
+                .iter()
+                .map(|(p, _, sub)| format!("{p} : {}", sub.vpc_number))
+                .collect(),
+        );
         let sources = list(
             elastic
                 .iter()
                 .map(|(_, q, sub)| format!("\"{}\" . {q}", sub.bridge()))
                 .collect(),
         );
+        let publics = list(elastic.iter().map(|(p, _, _)| p.to_string()).collect());
         let _ = writeln!(
             s,
             "  map eip_dnat {{ type ipv4_addr : ipv4_addr; elements = {{ {dnat} }} }}"
@@ -599,11 +715,18 @@ fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Ad
         );
         let _ = writeln!(
             s,
-            "  set eip_src {{ type ifname . ipv4_addr; elements = {{ {sources} }} }}"
+            "  map eip_zone {{ typeof ip daddr : ct zone; elements = {{ {eip_zones} }} }}"
         );
         let _ = writeln!(
             s,
-            "  chain eip_mark_in {{ type filter hook prerouting priority mangle; policy accept;\n    iifname \"{uplink}\" meta mark set ip daddr map @eip_mark\n  }}"
+            "  set eip_src {{ type ifname . ipv4_addr; elements = {{ {sources} }} }}"
+        );
+        let _ = writeln!(s, "  set eips {{ type ipv4_addr; elements = {{ {publics} }} }}");
+        zone_rules.push(format!("iifname \"{uplink}\" ct zone set ip daddr map @eip_zone"));
+        // Before the security groups' state marks (priority mangle in `ip hearth`).
+        let _ = writeln!(
+            s,
+            "  chain eip_mark_in {{ type filter hook prerouting priority -160; policy accept;\n    iifname \"{uplink}\" meta mark set ip daddr map @eip_mark\n  }}"
         );
         let _ = writeln!(
             s,
@@ -634,13 +757,31 @@ fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Ad
             );
         }
     }
-    let mut forward = vec![
+    let _ = writeln!(
+        s,
+        "  chain zones_in {{ type filter hook prerouting priority raw; policy accept;\n{}\n  }}",
+        zone_rules
+            .iter()
+            .map(|r| format!("    {r}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = writeln!(
+        s,
+        "  chain zones_out {{ type filter hook output priority raw; policy accept;\n    oifname @bridges ct zone set oifname map @bridge_zone\n  }}"
+    );
+    let mut forward = Vec::new();
+    if let Some(uplink) = config.uplink.as_deref() {
+        // The uplink leads only into instances (Elastic IPs), never through the host.
+        forward.push(format!("iifname \"{uplink}\" oifname != @bridges counter drop"));
+    }
+    forward.extend([
         "iifname != @bridges oifname != @bridges accept".to_string(),
         "ct state established,related accept".to_string(),
         // Routed between subnets: the bridge's rule chose its VPC's table, which only
         // holds the VPC's subnets.
         "iifname @bridges oifname @bridges accept".to_string(),
-    ];
+    ]);
     if let Some(uplink) = uplink {
         forward.push(format!(
             "iifname @bridges oifname \"{uplink}\" iifname . ip saddr @eip_src accept"
@@ -657,9 +798,31 @@ fn host_table(config: &NetworkConfig, subnets: &[SubnetPlan], elastic: &[(Ipv4Ad
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let mut to_host = vec![
+        // VXLAN only from the hosts that share a subnet with this one.
+        format!("udp dport {VXLAN_PORT} ip saddr != @vxlan_peers counter drop"),
+    ];
+    if let Some(uplink) = uplink {
+        // An Elastic IP is for its instance: never the host's own services (a backstop; DNAT
+        // takes it first).
+        to_host.push(format!("iifname \"{uplink}\" ip daddr @eips counter drop"));
+    }
+    to_host.extend([
+        "iifname != @bridges accept".to_string(),
+        "ct state established,related accept".to_string(),
+        "udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept".to_string(),
+        "udp sport 68 udp dport 67 ip daddr @gateways accept".to_string(),
+        format!("ip daddr {IMDS_ADDR} tcp dport 80 accept"),
+        "counter drop".to_string(),
+    ]);
     let _ = writeln!(
         s,
-        "  chain to_host {{ type filter hook input priority filter; policy accept;\n    iifname != @bridges accept\n    ct state established,related accept\n    udp sport 68 udp dport 67 accept\n    ip daddr {IMDS_ADDR} tcp dport 80 accept\n    counter drop\n  }}"
+        "  chain to_host {{ type filter hook input priority filter; policy accept;\n{}\n  }}",
+        to_host
+            .iter()
+            .map(|r| format!("    {r}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     s.push_str("}\n");
     s
@@ -686,6 +849,7 @@ mod tests {
             number: 7,
             vpc_number: 3,
             peers: Vec::new(),
+            neighbors: Vec::new(),
         };
         let config = NetworkConfig {
             enabled: true,
@@ -706,8 +870,14 @@ mod tests {
         assert!(!without.contains("eip_"), "{without}");
         assert_eq!(
             host_table(&config, &[], &[]),
-            "table ip hearth_host {}\ndelete table ip hearth_host\n"
+            "table ip hearth_host {}\ndelete table ip hearth_host\ntable bridge hearth_host {}\ndelete table bridge hearth_host\n"
         );
+        let vxlan = NetworkConfig {
+            underlay_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+            ..config.clone()
+        };
+        let bridged = host_table(&vxlan, std::slice::from_ref(&subnet), &[]);
+        assert!(bridged.contains("ether saddr set 0a:68:c0:00:02:0a"), "{bridged}");
         // The kernel's verdict on the scripts: `nft -c` in a scratch namespace.
         let Ok(ns) = hearth_net::netns::Netns::create(&format!("hearth-hostnet-{}", std::process::id())) else {
             eprintln!("skipped: cannot create a network namespace (needs root)");
@@ -716,5 +886,6 @@ mod tests {
         let nft = Nft::in_netns(ns.name());
         nft.check(&with).unwrap();
         nft.check(&without).unwrap();
+        nft.check(&bridged).unwrap();
     }
 }

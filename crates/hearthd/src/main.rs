@@ -35,6 +35,9 @@ usage: hearthd [options]
   --dns IP                  a DNS server handed to instances by DHCP (repeatable)
   --dev                     also run a local agent in this process (one command for a
                             single host: run dir and volumes under <data-dir>/agent)
+  --dev-network             with --dev: the local agent builds instance networks (bridges, taps,
+                            DHCP, metadata service, security groups) in hearthd's network
+                            namespace; without it, --dev instances get no network interface
   --vmm PATH                with --dev: the hearth-vmm binary (default: next to hearthd)
   -h, --help                this text
 ";
@@ -44,11 +47,14 @@ struct Options {
     config: ServeConfig,
     /// `--dev`: run a local agent in-process, with this hearth-vmm.
     dev_vmm: Option<PathBuf>,
+    /// `--dev-network`: the local agent builds instance networks.
+    dev_network: bool,
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut config = ServeConfig::new(default_data_dir());
     let mut dev = false;
+    let mut dev_network = false;
     let mut vmm = None;
     let (mut cert, mut key, mut client_ca) = (None, None, None);
     let mut iter = args.iter();
@@ -99,6 +105,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                 );
             }
             "--dev" => dev = true,
+            "--dev-network" => dev_network = true,
             "--vmm" => vmm = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -114,6 +121,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     }
     let dev_vmm = match (dev, vmm) {
         (false, Some(_)) => return Err("--vmm goes with --dev".to_string()),
+        (false, None) if dev_network => return Err("--dev-network goes with --dev".to_string()),
         (false, None) => None,
         (true, Some(vmm)) => Some(vmm),
         (true, None) => Some(
@@ -130,7 +138,11 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             ));
         }
     }
-    Ok(Some(Options { config, dev_vmm }))
+    Ok(Some(Options {
+        config,
+        dev_vmm,
+        dev_network,
+    }))
 }
 
 async fn shutdown_signal() {
@@ -149,7 +161,11 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Options { config, dev_vmm } = match parse(&args) {
+    let Options {
+        config,
+        dev_vmm,
+        dev_network,
+    } = match parse(&args) {
         Ok(Some(options)) => options,
         Ok(None) => {
             print!("{USAGE}");
@@ -192,7 +208,11 @@ async fn main() -> ExitCode {
             vmm_binary,
             host: HostSpec::detect(format!("{region}a")),
             default_stop_timeout: std::time::Duration::from_secs(10),
-            network: Default::default(),
+            network: hearth_agent::hostnet::NetworkConfig {
+                enabled: dev_network,
+                underlay_mtu: 1500,
+                ..Default::default()
+            },
         };
         eprintln!(
             "hearthd: --dev: local agent {} in {} ({} vCPUs, {} MiB)",

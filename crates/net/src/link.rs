@@ -405,6 +405,66 @@ impl Links {
         Ok(())
     }
 
+    /// Makes the permanent IPv4 neighbour (ARP) entries of `link` exactly `entries` (address, MAC);
+    /// learned entries are left alone. Lets a host route to instances behind a VXLAN port without
+    /// ARP: their answers would go to the router's MAC, which is local on every host.
+    pub async fn set_neighbors(&self, link: &str, entries: &[(Ipv4Addr, MacAddr)]) -> Result<(), LinkError> {
+        const NUD_PERMANENT: u16 = 0x80;
+        let index = self.require(link).await?.header.index;
+        let current: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_failed(format!("list neighbours of {link}"), e))?;
+        let mut present: Vec<(Ipv4Addr, Option<MacAddr>)> = Vec::new();
+        for entry in current.iter().filter(|e| e.header.ifindex == index) {
+            let permanent = matches!(entry.header.state, NeighbourState::Permanent)
+                || matches!(entry.header.state, NeighbourState::Other(state) if state & NUD_PERMANENT != 0);
+            if !permanent {
+                continue;
+            }
+            let ip = entry.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let mac = entry.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                present.push((ip, mac));
+            }
+        }
+        for (ip, mac) in entries {
+            if present.contains(&(*ip, Some(*mac))) {
+                continue;
+            }
+            let message = neighbour_entry(RouteNetlinkMessage::NewNeighbour, index, *ip, Some(*mac));
+            self.ack(message, NLM_F_CREATE | NLM_F_REPLACE)
+                .await
+                .map_err(|e| nl_failed(format!("add neighbour {ip} {mac} on {link}"), e))?;
+        }
+        for (ip, _) in present
+            .iter()
+            .filter(|(ip, _)| !entries.iter().any(|(want, _)| want == ip))
+        {
+            match self
+                .ack(neighbour_entry(RouteNetlinkMessage::DelNeighbour, index, *ip, None), 0)
+                .await
+            {
+                Err(e) if errno(&e) != Some(libc::ENOENT) => {
+                    return Err(nl_failed(format!("remove neighbour {ip} from {link}"), e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The flood peers of VXLAN device `vxlan` (its all-zeros-MAC FDB entries), sorted.
     pub async fn flood_peers_of(&self, vxlan: &str) -> Result<Vec<Ipv4Addr>, LinkError> {
         let index = self.require(vxlan).await?.header.index;
@@ -1004,6 +1064,27 @@ fn flood_entry(
         NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
         NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)),
     ];
+    NetlinkMessage::from(kind(message))
+}
+
+/// A permanent IPv4 neighbour entry `ip lladdr MAC dev INDEX nud permanent`.
+fn neighbour_entry(
+    kind: fn(NeighbourMessage) -> RouteNetlinkMessage,
+    index: u32,
+    ip: Ipv4Addr,
+    mac: Option<MacAddr>,
+) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = index;
+    message.header.state = NeighbourState::Permanent;
+    message.header.kind = RouteType::Unspec;
+    message.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))];
+    if let Some(mac) = mac {
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    }
     NetlinkMessage::from(kind(message))
 }
 

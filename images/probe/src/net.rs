@@ -327,9 +327,10 @@ impl<'a> Net<'a> {
         let end = ETH_LEN + ip.total;
         let l4 = end - ip.body.len();
         let mac = self.mac;
+        let to = self.reply_mac(ip.src, ip.src_mac);
         let t = self.frame();
         put(t, 0, part(rx, 0, end));
-        eth(t, ip.src_mac, mac, ETH_IPV4);
+        eth(t, to, mac, ETH_IPV4);
         put(t, 22, &[64]); // TTL
         put(t, 26, &ip.dst);
         put(t, 30, &ip.src);
@@ -456,7 +457,26 @@ impl<'a> Net<'a> {
 
     /// Sends `payload` back to the sender of a datagram, from the port it was sent to.
     pub fn reply(&mut self, to: &Peer, payload: &[u8]) -> bool {
-        self.send_udp_raw(self.mac, to.mac, self.ip, to.ip, (to.our_port, to.port), payload)
+        let mac = self.reply_mac(to.ip, to.mac);
+        self.send_udp_raw(self.mac, mac, self.ip, to.ip, (to.our_port, to.port), payload)
+    }
+
+    /// Where a reply to `ip` goes: the sender's MAC when it is on-link (or there is no router),
+    /// else the router's, as a real IP stack routes it (a routed packet's source MAC is the
+    /// last router's, which need not be the way back).
+    /// Never waits (it runs while other frames are being handled): with the router's MAC not
+    /// cached yet, it asks for it and this reply goes to the sender's MAC.
+    fn reply_mac(&mut self, ip: [u8; 4], sender_mac: [u8; 6]) -> [u8; 6] {
+        let Some(router) = self.router.filter(|_| !self.on_link(ip)) else {
+            return sender_mac;
+        };
+        match self.cached(router) {
+            Some(mac) => mac,
+            None => {
+                self.send_arp_request(router);
+                sender_mac
+            }
+        }
     }
 }
 

@@ -877,8 +877,14 @@ impl Engine {
                 "The private address {private_ip} is not an address of {instance_id}"
             )));
         }
+        if !state.hosts.get(&instance.host_id).is_some_and(|h| h.has_uplink) {
+            return Err(Ec2Error::UnsupportedOperation(format!(
+                "The host of {instance_id} has no uplink for Elastic IPs (hearth-agent --uplink)"
+            )));
+        }
         if let Some(current) = &address.association {
             if current.instance_id == instance.id {
+                dry_run(dry)?;
                 return Ok(current.id.clone());
             }
             if !allow_reassociation {
@@ -1473,6 +1479,8 @@ pub struct HostSubnet {
     pub peers: Vec<String>,
     /// The VPC's other subnets' CIDRs.
     pub vpc_cidrs: Vec<Ipv4Cidr>,
+    /// Instances of the subnet on other hosts: address and MAC.
+    pub neighbors: Vec<(Ipv4Addr, String)>,
 }
 
 /// An Elastic IP on a host.
@@ -1496,7 +1504,14 @@ pub(crate) fn host_network(state: &State, host_id: &str) -> HostNetwork {
         .collect();
     ports.sort_by(|a, b| (a.0.launch_time_ms, &a.0.id).cmp(&(b.0.launch_time_ms, &b.0.id)));
     let mut out = HostNetwork::default();
-    let subnet_ids: BTreeSet<&str> = ports.iter().map(|(_, n)| n.subnet_id.as_str()).collect();
+    // Every subnet with an instance anywhere in a VPC that has a port here: the host routes
+    // between a VPC's subnets itself (distributed routing), reaching the others over VXLAN.
+    let local_vpcs: BTreeSet<&str> = ports.iter().map(|(_, n)| n.vpc_id.as_str()).collect();
+    let subnet_ids: BTreeSet<&str> = live_instances(state)
+        .filter_map(|i| i.network.as_ref())
+        .filter(|n| local_vpcs.contains(n.vpc_id.as_str()))
+        .map(|n| n.subnet_id.as_str())
+        .collect();
     for subnet_id in &subnet_ids {
         let Some(subnet) = state.subnets.get(*subnet_id) else {
             continue;
@@ -1504,12 +1519,22 @@ pub(crate) fn host_network(state: &State, host_id: &str) -> HostNetwork {
         let Some(vpc) = state.vpcs.get(&subnet.vpc_id) else {
             continue;
         };
-        let peers: BTreeSet<String> = live_instances(state)
+        let remote: Vec<&Instance> = live_instances(state)
             .filter(|i| i.host_id != host_id && i.network.as_ref().is_some_and(|n| n.subnet_id == subnet.id))
+            .collect();
+        // Every host with a port in the VPC has this subnet's bridge (it routes to it).
+        let peers: BTreeSet<String> = live_instances(state)
+            .filter(|i| i.host_id != host_id && i.network.as_ref().is_some_and(|n| n.vpc_id == vpc.id))
             .filter_map(|i| state.hosts.get(&i.host_id))
             .filter(|h| !h.underlay_ip.is_empty())
             .map(|h| h.underlay_ip.clone())
             .collect();
+        let mut neighbors: Vec<(Ipv4Addr, String)> = remote
+            .iter()
+            .filter_map(|i| i.network.as_ref())
+            .map(|n| (n.private_ip, n.mac.clone()))
+            .collect();
+        neighbors.sort();
         out.subnets.push(HostSubnet {
             subnet_id: subnet.id.clone(),
             vpc_id: vpc.id.clone(),
@@ -1524,6 +1549,7 @@ pub(crate) fn host_network(state: &State, host_id: &str) -> HostNetwork {
                 .filter(|s| s.vpc_id == vpc.id && s.id != subnet.id)
                 .map(|s| s.cidr)
                 .collect(),
+            neighbors,
         });
         out.firewall.vpc_zones.insert(vpc.id.clone(), vpc.number as u16);
     }

@@ -504,6 +504,14 @@ pub(crate) fn host_network(network: engine::HostNetwork) -> pb::HostNetwork {
                 vpc_number: s.vpc_number,
                 peers: s.peers,
                 vpc_cidrs: s.vpc_cidrs.iter().map(|c| c.to_string()).collect(),
+                neighbors: s
+                    .neighbors
+                    .iter()
+                    .map(|(ip, mac)| pb::Neighbor {
+                        ip: ip.to_string(),
+                        mac: mac.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         firewall_json: serde_json::to_string(&network.firewall).unwrap_or_default(),
