@@ -19,7 +19,8 @@
 //!   the bridge sees those replies; they hold nothing a guest of the same subnet could not learn
 //!   anyway. A client that has an address (renewing, INFORM) gets a unicast to `ciaddr`; if that
 //!   send fails (no route to it in the namespace) the reply is broadcast instead. NAKs are always
-//!   broadcast, and a request relayed through `giaddr` is answered to the relay, as RFC 2131 says.
+//!   broadcast, and so is the answer to a request with `giaddr` set (no relay sits on an instance
+//!   bridge: that is a guest's forgery, which must not choose where the server sends).
 //! - **Messages.** DISCOVER → OFFER. REQUEST → ACK when the address it asks for is the lease's:
 //!   `requested IP` (option 50) with our server identifier (SELECTING) or without one (INIT-REBOOT),
 //!   or `ciaddr` (RENEWING, REBINDING); a REQUEST naming another server identifier is the client
@@ -350,7 +351,6 @@ impl DhcpServer {
         let to = match reply.to {
             Destination::Broadcast => broadcast,
             Destination::Client(ip) => SocketAddrV4::new(ip, CLIENT_PORT),
-            Destination::Relay(ip) => SocketAddrV4::new(ip, SERVER_PORT),
         };
         let mut result = self.socket.send_to(&reply.packet, to).await;
         if result.is_err() && matches!(reply.to, Destination::Client(_)) {
@@ -422,7 +422,6 @@ enum Skip {
 enum Destination {
     Broadcast,
     Client(Ipv4Addr),
-    Relay(Ipv4Addr),
 }
 
 #[derive(Debug)]
@@ -539,9 +538,9 @@ fn respond(packet: &[u8], server_ip: Ipv4Addr, leases: &Leases) -> Result<Reply,
 /// An OFFER, ACK or NAK with `options`, addressed as RFC 2131 §4.1 says for a server on the client's
 /// segment or behind a relay.
 fn reply(request: &Request<'_>, kind: u8, yiaddr: Ipv4Addr, server_ip: Ipv4Addr, options: Vec<(u8, Vec<u8>)>) -> Reply {
-    let to = if !request.giaddr.is_unspecified() {
-        Destination::Relay(request.giaddr)
-    } else if kind == NAK || request.ciaddr.is_unspecified() {
+    // No relay sits on an instance bridge: a guest that fills in `giaddr` must not make the
+    // server send to an address of its choosing, so such requests are answered on the segment.
+    let to = if kind == NAK || request.ciaddr.is_unspecified() || !request.giaddr.is_unspecified() {
         Destination::Broadcast
     } else {
         Destination::Client(request.ciaddr)
@@ -780,11 +779,12 @@ mod tests {
         let unknown = respond(&packet(stranger, DISCOVER, Ipv4Addr::UNSPECIFIED, &[]), SERVER, &leases);
         assert_eq!(unknown.unwrap_err(), Skip::UnknownClient);
 
-        // The client identifier is echoed; a relayed request is answered to the relay.
+        // The client identifier is echoed; a "relayed" request (no relay sits on an instance
+        // bridge: a guest's forgery) is answered by broadcast on the segment, not to giaddr.
         let mut relayed = packet(MAC, DISCOVER, Ipv4Addr::UNSPECIFIED, &[(61, &[1, 2, 0, 0, 0, 0, 5])]);
         relayed[24..28].copy_from_slice(&[192, 0, 2, 1]);
         let offer = respond(&relayed, SERVER, &leases).unwrap();
-        assert_eq!(offer.to, Destination::Relay(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(offer.to, Destination::Broadcast);
         assert_eq!(options(&offer.packet)[&61], [1, 2, 0, 0, 0, 0, 5]);
     }
 
