@@ -7,6 +7,8 @@
 //!   (br_netfilter, conntrack) and a tap to the probe guest (`images/probe`, `probe.ops=net-echo`) run by
 //!   `hearth-vmm`, against a plain veth pair between two namespaces with an echo thread at the far end, no
 //!   bridge and no firewall: median and 99th percentile of 2,000 sequential round trips, and their ratio.
+//!   A third row runs the same VM and bridge without the ruleset, which separates the firewall's share from
+//!   the VM's (on nested KVM the VM dominates).
 //!   The probe VM needs `/dev/kvm` and the paths `HEARTH_VMM` (`hearth-vmm`) and `HEARTH_PROBE` (the probe,
 //!   `scripts/build-probe` prints it); without them these rows are skipped, saying why.
 //!
@@ -228,7 +230,7 @@ fn print_table(apply: &Apply, rtt: &rtt::Outcome) {
             None => eprintln!("| {name} | not installed | |"),
         }
     }
-    if let rtt::Outcome::Measured { veth, hearth } = rtt {
+    if let rtt::Outcome::Measured { veth, hearth, bare } = rtt {
         eprintln!(
             "| **UDP echo round trip, {} sequential after {} warm-up, {} B** | **µs, median / p99** | **vs veth** |",
             rtt::SAMPLES,
@@ -246,14 +248,30 @@ fn print_table(apply: &Apply, rtt: &rtt::Outcome) {
             hearth.median_us / veth.median_us,
             hearth.p99_us / veth.p99_us
         );
+        eprintln!(
+            "| same probe VM and bridge, no ruleset (the VM's share) | {:.1} / {:.1} | {:.2} / {:.2} |",
+            bare.median_us,
+            bare.p99_us,
+            bare.median_us / veth.median_us,
+            bare.p99_us / veth.p99_us
+        );
+        eprintln!(
+            "| the ruleset's share: with / without, same VM | | {:.2} / {:.2} |",
+            hearth.median_us / bare.median_us,
+            hearth.p99_us / bare.p99_us
+        );
     }
     eprintln!(
         "(nft script: {} lines, {} bytes; iptables-restore input: {} lines)",
         apply.script_lines, apply.script_bytes, apply.iptables_lines
     );
     match rtt {
-        rtt::Outcome::Measured { veth, hearth } => {
-            for (path, lost) in [("veth", veth.lost), ("probe VM", hearth.lost)] {
+        rtt::Outcome::Measured { veth, hearth, bare } => {
+            for (path, lost) in [
+                ("veth", veth.lost),
+                ("probe VM", hearth.lost),
+                ("probe VM, no ruleset", bare.lost),
+            ] {
                 if lost > 0 {
                     eprintln!("({path}: {lost} echoes lost, left out of the samples)");
                 }
@@ -267,9 +285,9 @@ fn print_table(apply: &Apply, rtt: &rtt::Outcome) {
 /// The JSON line: milliseconds for the ruleset, microseconds for round trips (null when skipped).
 fn json(apply: &Apply, rtt: &rtt::Outcome) -> String {
     let num = |v: Option<f64>, digits: usize| v.map_or("null".to_string(), |v| format!("{v:.digits$}"));
-    let (veth, hearth) = match rtt {
-        rtt::Outcome::Measured { veth, hearth } => (Some(*veth), Some(*hearth)),
-        _ => (None, None),
+    let (veth, hearth, bare) = match rtt {
+        rtt::Outcome::Measured { veth, hearth, bare } => (Some(*veth), Some(*hearth), Some(*bare)),
+        _ => (None, None, None),
     };
     let skipped = match rtt {
         rtt::Outcome::Skipped(why) => serde_json::to_string(why).unwrap_or_else(|_| "\"?\"".into()),
@@ -280,7 +298,8 @@ fn json(apply: &Apply, rtt: &rtt::Outcome) -> String {
         "{{\"nft_ms\":{:.2},\"iptables_restore_ms\":{},\"iptables_legacy_restore_ms\":{},\
          \"compile_ms\":{:.2},\"rules\":{},\"ports\":{PORTS},\"runs\":{},\
          \"veth_rtt_median_us\":{},\"veth_rtt_p99_us\":{},\"hearth_rtt_median_us\":{},\"hearth_rtt_p99_us\":{},\
-         \"rtt_ratio_median\":{},\"rtt_ratio_p99\":{},\"rtt_samples\":{},\"rtt_warmup\":{},\
+         \"rtt_ratio_median\":{},\"rtt_ratio_p99\":{},\"bare_rtt_median_us\":{},\"bare_rtt_p99_us\":{},\
+         \"rtt_samples\":{},\"rtt_warmup\":{},\
          \"rtt_payload_bytes\":{},\"rtt_skipped\":{skipped}}}",
         apply.nft_ms,
         num(apply.restore_ms, 2),
@@ -294,6 +313,8 @@ fn json(apply: &Apply, rtt: &rtt::Outcome) -> String {
         num(hearth.map(|r| r.p99_us), 1),
         ratio(|r| r.median_us),
         ratio(|r| r.p99_us),
+        num(bare.map(|r| r.median_us), 1),
+        num(bare.map(|r| r.p99_us), 1),
         rtt::SAMPLES,
         rtt::WARMUP,
         rtt::PAYLOAD,

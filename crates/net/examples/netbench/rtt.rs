@@ -71,6 +71,8 @@ pub enum Outcome {
         veth: Rtt,
         /// Tap + bridge + nftables to a probe VM.
         hearth: Rtt,
+        /// The same VM and bridge without hearth's ruleset (the firewall's share of `hearth`).
+        bare: Rtt,
     },
     /// Not measured, for this reason (no KVM, no `hearth-vmm` given).
     Skipped(String),
@@ -121,9 +123,13 @@ pub fn measure() -> Outcome {
         Ok(rtt) => rtt,
         Err(e) => return Outcome::Failed(format!("veth pair: {e}")),
     };
-    match hearth_rtt(&runtime, &guest) {
-        Ok(hearth) => Outcome::Measured { veth, hearth },
-        Err(e) => Outcome::Failed(format!("probe VM: {e}")),
+    let hearth = match hearth_rtt(&runtime, &guest, true) {
+        Ok(rtt) => rtt,
+        Err(e) => return Outcome::Failed(format!("probe VM: {e}")),
+    };
+    match hearth_rtt(&runtime, &guest, false) {
+        Ok(bare) => Outcome::Measured { veth, hearth, bare },
+        Err(e) => Outcome::Failed(format!("probe VM without the ruleset: {e}")),
     }
 }
 
@@ -213,7 +219,7 @@ fn firewall() -> Result<HostFirewall, String> {
 }
 
 /// hearth's path: bridge, tap, client veth, ruleset, probe VM; the client in namespace "client".
-fn hearth_rtt(runtime: &Runtime, guest: &Guest) -> Result<Rtt, String> {
+fn hearth_rtt(runtime: &Runtime, guest: &Guest, with_firewall: bool) -> Result<Rtt, String> {
     let host = scratch_netns("host")?;
     let client = scratch_netns("client")?;
     runtime
@@ -232,9 +238,11 @@ fn hearth_rtt(runtime: &Runtime, guest: &Guest) -> Result<Rtt, String> {
             links.set_up(CLIENT_IF).await
         })
         .map_err(|e: LinkError| e.to_string())?;
-    Nft::in_netns(host.name())
-        .install(&firewall()?)
-        .map_err(|e| e.to_string())?;
+    if with_firewall {
+        Nft::in_netns(host.name())
+            .install(&firewall()?)
+            .map_err(|e| e.to_string())?;
+    }
     let dir = ScratchDir::create()?;
     let mut vmm = Vmm::start(&host, guest, &dir)?;
     let socket = client_socket(&client, CLIENT_IP, SocketAddrV4::new(GUEST_IP, ECHO_PORT))?;
@@ -242,7 +250,7 @@ fn hearth_rtt(runtime: &Runtime, guest: &Guest) -> Result<Rtt, String> {
     // The probe echoes on every port; the ruleset admits port 7 only. An echo from another port would mean
     // the datagrams bypass the firewall.
     let blocked = client_socket(&client, CLIENT_IP, SocketAddrV4::new(GUEST_IP, ECHO_PORT + 2))?;
-    if await_echo(&blocked, Duration::from_millis(600), || Ok(())).is_ok() {
+    if with_firewall && await_echo(&blocked, Duration::from_millis(600), || Ok(())).is_ok() {
         return Err(format!(
             "UDP {} was echoed although the security group admits only {ECHO_PORT}: the ruleset is not in the path",
             ECHO_PORT + 2
