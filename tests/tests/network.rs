@@ -457,32 +457,8 @@ fn vxlan_carries_a_subnet_between_two_hosts() {
     }
     let mut lab = Lab::start(2);
     let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
-    let default = s(&lab
-        .cloud
-        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
-    lab.cloud.cli_json(&[
-        "authorize-security-group-ingress",
-        "--group-id",
-        &default,
-        "--protocol",
-        "udp",
-        "--port",
-        "7",
-        "--cidr",
-        "172.31.15.250/32",
-    ]);
-    // One instance per host (the scheduler spreads; launch until both hosts have one).
-    let mut by_host: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    for _ in 0..6 {
-        let id = run(&lab, &ami, 1, &[])[0].clone();
-        by_host.entry(lab.cloud.instance(&id).host_id).or_insert(id);
-        if by_host.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
-    let a = by_host["h-lab0"].clone();
-    let b = by_host["h-lab1"].clone();
+    open_default_group(&lab, "172.31.15.250/32");
+    let (a, b) = one_per_host(&lab, &ami);
     let (ip_a, ip_b) = (lab.wait_probe(&a), lab.wait_probe(&b));
     let bridge = lab.bridge_of_instance(&a);
     let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
@@ -570,31 +546,8 @@ fn an_elastic_ip_reaches_the_probe_from_the_internet_and_follows_reassociation()
     }
     let lab = Lab::start(2);
     let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
-    let default = s(&lab
-        .cloud
-        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
-    lab.cloud.cli_json(&[
-        "authorize-security-group-ingress",
-        "--group-id",
-        &default,
-        "--protocol",
-        "udp",
-        "--port",
-        "7",
-        "--cidr",
-        "198.51.100.0/24",
-    ]);
-    let mut by_host: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    for _ in 0..6 {
-        let id = run(&lab, &ami, 1, &[])[0].clone();
-        by_host.entry(lab.cloud.instance(&id).host_id).or_insert(id);
-        if by_host.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
-    let a = by_host["h-lab0"].clone();
-    let b = by_host["h-lab1"].clone();
+    open_default_group(&lab, "198.51.100.0/24");
+    let (a, b) = one_per_host(&lab, &ami);
     lab.wait_probe(&a);
     lab.wait_probe(&b);
     let address = lab.cloud.cli_json(&["allocate-address"]);
@@ -684,4 +637,38 @@ fn rogue_dhcp_seen(client: &hearth_e2e::netlab::Client, ip: Ipv4Addr) -> (Option
             (answer, offers)
         })
         .unwrap()
+}
+
+/// Lets UDP 7 from `cidr` into the default VPC's default group.
+fn open_default_group(lab: &Lab, cidr: &str) {
+    let groups = lab
+        .cloud
+        .cli_json(&["describe-security-groups", "--group-names", "default"]);
+    let default = s(&groups["SecurityGroups"][0]["GroupId"]);
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "udp",
+        "--port",
+        "7",
+        "--cidr",
+        cidr,
+    ]);
+}
+
+/// Probe instances in the default subnet, one on each of the lab's two hosts (the scheduler
+/// spreads; launch until both hosts have one): (on h-lab0, on h-lab1).
+fn one_per_host(lab: &Lab, ami: &str) -> (String, String) {
+    let mut by_host: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let id = run(lab, ami, 1, &[])[0].clone();
+        by_host.entry(lab.cloud.instance(&id).host_id).or_insert(id);
+        if by_host.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
+    (by_host["h-lab0"].clone(), by_host["h-lab1"].clone())
 }

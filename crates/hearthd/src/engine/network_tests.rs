@@ -309,47 +309,19 @@ fn security_group_rules_and_their_error_codes() {
     let compiled = hearth_net::compile(&answer.network.firewall).unwrap();
     assert!(compiled.contains("10.9.0.0/16"), "{compiled}");
     assert_eq!(
-        code(net.engine.change_security_group_rules(
-            &web,
-            "",
-            Direction::Ingress,
-            true,
-            &[rule("udp", 7, 7, "10.9.0.0/16")],
-            false
-        )),
+        code(ingress(&net, &web, true, rule("udp", 7, 7, "10.9.0.0/16"))),
         "InvalidPermission.Duplicate"
     );
     assert_eq!(
-        code(net.engine.change_security_group_rules(
-            &web,
-            "",
-            Direction::Ingress,
-            false,
-            &[rule("tcp", 22, 22, "10.9.0.0/16")],
-            false
-        )),
+        code(ingress(&net, &web, false, rule("tcp", 22, 22, "10.9.0.0/16"))),
         "InvalidPermission.NotFound"
     );
     assert_eq!(
-        code(net.engine.change_security_group_rules(
-            &web,
-            "",
-            Direction::Ingress,
-            true,
-            &[rule("tcp", 22, 70000, "0.0.0.0/0")],
-            false
-        )),
+        code(ingress(&net, &web, true, rule("tcp", 22, 70000, "0.0.0.0/0"))),
         "InvalidParameterValue"
     );
     assert_eq!(
-        code(net.engine.change_security_group_rules(
-            "sg-12345678",
-            "",
-            Direction::Ingress,
-            true,
-            &[rule("tcp", 22, 22, "0.0.0.0/0")],
-            false
-        )),
+        code(ingress(&net, "sg-12345678", true, rule("tcp", 22, 22, "0.0.0.0/0"))),
         "InvalidGroup.NotFound"
     );
     // db lets web's members in: db is now in use by web's... no, web is used by db's rule.
@@ -551,4 +523,10 @@ fn network_records_survive_a_restart() {
         .describe_vpcs(&[], &[crate::filter::Filter::new("is-default", &["true"])])
         .unwrap();
     assert_eq!(defaults.len(), 1);
+}
+
+/// Authorizes (`true`) or revokes one ingress permission of `group`.
+fn ingress(net: &Net, group: &str, authorize: bool, permission: IpPermission) -> Ec2Result<()> {
+    net.engine
+        .change_security_group_rules(group, "", Direction::Ingress, authorize, &[permission], false)
 }
