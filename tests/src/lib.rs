@@ -272,20 +272,28 @@ impl Cloud {
 
     /// A gRPC client over the Unix socket.
     pub async fn client(&self) -> ComputeClient<Channel> {
-        let socket = self.socket();
-        let channel = Endpoint::try_from("http://hearthd.local")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        ComputeClient::new(channel)
+        // The socket file appears at bind(2), a moment before listen(2): a connection in
+        // between is refused, so retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let socket = self.socket();
+            let channel = Endpoint::try_from("http://hearthd.local")
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(socket).await?,
+                        ))
+                    }
+                }))
+                .await;
+            match channel {
+                Ok(channel) => return ComputeClient::new(channel),
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("cannot connect to hearthd: {e}\n{}", self.logs()),
+            }
+        }
     }
 
     /// Runs the `hearth` CLI against this cloud.
