@@ -106,6 +106,45 @@ impl Client {
     }
 }
 
+/// Starts the agent of a lab host in its namespace (appending to its `agent.log`).
+fn spawn_agent(cloud: &Cloud, netns: &str, dir: &std::path::Path, host_id: &str, underlay_ip: Ipv4Addr) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(binary("hearth-agent"))
+        .arg("--hearthd")
+        .arg(format!("unix:{}", cloud.socket().display()))
+        .arg("--token-file")
+        .arg(cloud.dir.join("agent-token"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--volume-dir")
+        .arg(dir.join("volumes"))
+        .args([
+            "--host-id",
+            host_id,
+            "--az",
+            ZONE,
+            "--vcpus",
+            "16",
+            "--memory-mib",
+            "8192",
+        ])
+        .args(["--underlay-ip", &underlay_ip.to_string(), "--underlay-dev", "u0"])
+        .args(["--uplink", "up0", "--uplink-gateway", &INTERNET_ROUTER.to_string()])
+        .arg("--vmm")
+        .arg(binary("hearth-vmm"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn hearth-agent in its namespace")
+}
+
 /// hearthd and its hosts.
 pub struct Lab {
     pub cloud: Cloud,
@@ -176,37 +215,7 @@ impl Lab {
         let dir = self.cloud.dir.join(format!("host{index}"));
         std::fs::create_dir_all(&dir).unwrap();
         let host_id = format!("h-lab{index}");
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let agent = Command::new("ip")
-            .args(["netns", "exec", &name])
-            .arg(binary("hearth-agent"))
-            .arg("--hearthd")
-            .arg(format!("unix:{}", self.cloud.socket().display()))
-            .arg("--token-file")
-            .arg(self.cloud.dir.join("agent-token"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .arg("--volume-dir")
-            .arg(dir.join("volumes"))
-            .args([
-                "--host-id",
-                &host_id,
-                "--az",
-                ZONE,
-                "--vcpus",
-                "16",
-                "--memory-mib",
-                "8192",
-            ])
-            .args(["--underlay-ip", &underlay_ip.to_string(), "--underlay-dev", "u0"])
-            .args(["--uplink", "up0", "--uplink-gateway", &INTERNET_ROUTER.to_string()])
-            .arg("--vmm")
-            .arg(binary("hearth-vmm"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn hearth-agent in its namespace");
+        let agent = spawn_agent(&self.cloud, &name, &dir, &host_id, underlay_ip);
         self.hosts.push(LabHost {
             netns,
             host_id,
@@ -253,6 +262,27 @@ impl Lab {
             ));
         }
         out
+    }
+
+    /// `kill -9` the agent of host `index` (its VMs and network stay).
+    pub fn kill_agent(&mut self, index: usize) {
+        if let Some(mut agent) = self.hosts[index].agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    /// Starts the agent of host `index` again.
+    pub fn start_agent(&mut self, index: usize) {
+        let host = &self.hosts[index];
+        let agent = spawn_agent(
+            &self.cloud,
+            host.netns.name(),
+            &host.dir,
+            &host.host_id,
+            host.underlay_ip,
+        );
+        self.hosts[index].agent = Some(agent);
     }
 
     /// The host an instance runs on.

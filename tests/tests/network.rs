@@ -672,3 +672,70 @@ fn one_per_host(lab: &Lab, ami: &str) -> (String, String) {
     assert_eq!(by_host.len(), 2, "instances on both hosts: {by_host:?}");
     (by_host["h-lab0"].clone(), by_host["h-lab1"].clone())
 }
+
+#[test]
+fn an_agent_restart_keeps_instance_networks_and_rebuilds_its_services() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::start(1);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    open_default_group(&lab, "172.31.15.250/32");
+    let id = run(&lab, &ami, 1, &[])[0].clone();
+    let ip = lab.wait_probe(&id);
+    let bridge = lab.bridge_of_instance(&id);
+    let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
+    let who = until(lab.get_client(c), ip, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(id.as_str())
+    });
+    assert!(who.ends_with(id.as_str()), "{who}");
+
+    // The data path is the kernel's: with the agent gone, the guest still answers.
+    lab.kill_agent(0);
+    assert!(
+        lab.get_client(c).echoes(ip, 7, Duration::from_secs(2)),
+        "no echo without the agent"
+    );
+
+    // A new agent re-adopts the VM and rebuilds DHCP and the metadata service around it,
+    // without touching the guest.
+    lab.start_agent(0);
+    let who = until(lab.get_client(c), ip, "http GET /latest/meta-data/instance-id", |r| {
+        r.ends_with(id.as_str())
+    });
+    assert!(
+        who.ends_with(id.as_str()),
+        "metadata service not back: {who:?}\n{}",
+        lab.logs()
+    );
+    assert!(lab.get_client(c).echoes(ip, 7, Duration::from_secs(2)));
+    assert_eq!(lab.cloud.state(&id), "running");
+    assert_eq!(
+        lab.console(&id).matches("net-echo ready").count(),
+        1,
+        "the guest was restarted:\n{}",
+        lab.console(&id)
+    );
+    // And it follows rule changes again.
+    let default = s(&lab
+        .cloud
+        .cli_json(&["describe-security-groups", "--group-names", "default"])["SecurityGroups"][0]["GroupId"]);
+    lab.cloud.cli_json(&[
+        "authorize-security-group-ingress",
+        "--group-id",
+        &default,
+        "--protocol",
+        "udp",
+        "--port",
+        "8",
+        "--cidr",
+        "172.31.15.250/32",
+    ]);
+    assert!(
+        lab.get_client(c)
+            .until_echo(ip, 8, true, Duration::from_secs(8))
+            .is_some(),
+        "{}",
+        lab.logs()
+    );
+}
