@@ -76,6 +76,23 @@ impl Client {
             .flatten()
     }
 
+    /// Sends a UDP command to the probe at `ip` from our port `from` (one flow, for conntrack,
+    /// however many times it is called) and returns its answer as text.
+    pub fn command_from(&self, from: u16, ip: Ipv4Addr, command: &str) -> Option<String> {
+        let payload = command.as_bytes().to_vec();
+        self.netns
+            .run(move || {
+                let socket = UdpSocket::bind(("0.0.0.0", from)).ok()?;
+                socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                socket.send_to(&payload, SocketAddrV4::new(ip, 7)).ok()?;
+                let mut buf = [0u8; 2048];
+                let (n, _) = socket.recv_from(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .ok()
+            .flatten()
+    }
+
     /// Sends a UDP command to the probe at `ip` and returns its answer as text.
     pub fn command(&self, ip: Ipv4Addr, command: &str) -> Option<String> {
         self.udp(SocketAddrV4::new(ip, 7), command.as_bytes(), Duration::from_secs(4))

@@ -570,6 +570,15 @@ fn an_elastic_ip_reaches_the_probe_from_the_internet_and_follows_reassociation()
     });
     assert!(public_seen.ends_with(&public), "{public_seen}");
 
+    // One long-lived flow from the internet (a fixed source port), tracked by conntrack: the
+    // instance ID that answers it.
+    let flow = || {
+        let answer = internet
+            .command_from(40007, eip, "http GET /latest/meta-data/instance-id")
+            .unwrap_or_default();
+        answer.rsplit('\n').next().unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(flow(), a, "the tracked flow reaches A");
     let taken = cli_error(
         &lab,
         &["associate-address", "--allocation-id", &allocation, "--instance-id", &b],
@@ -593,7 +602,36 @@ fn an_elastic_ip_reaches_the_probe_from_the_internet_and_follows_reassociation()
         lab.logs()
     );
     eprintln!("reassociation → traffic at B (another host): {:?}", start.elapsed());
-    assert_eq!(lab.cloud.instance(&b).public_ip_address, public);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while flow() != b {
+        assert!(std::time::Instant::now() < deadline, "the tracked flow still goes to A");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A move on the same host: the flow tracked there follows the address too (the host cuts
+    // its conntrack entries; else it would keep its old translation for minutes).
+    let c = (0..6)
+        .map(|_| run(&lab, &ami, 1, &[])[0].clone())
+        .find(|id| lab.cloud.instance(id).host_id == "h-lab1")
+        .expect("an instance on h-lab1");
+    lab.wait_probe(&c);
+    lab.cloud.cli_json(&[
+        "associate-address",
+        "--allocation-id",
+        &allocation,
+        "--instance-id",
+        &c,
+        "--allow-reassociation",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while flow() != c {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tracked flow still goes to B:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.cloud.instance(&c).public_ip_address, public);
     assert_eq!(lab.cloud.instance(&a).public_ip_address, "");
 
     let unknown = cli_error(&lab, &["release-address", "--allocation-id", "eipalloc-12345678"]);

@@ -134,7 +134,7 @@ pub struct HostNet {
     /// Routing tables filled by the last pass.
     tables: BTreeSet<u32>,
     /// Elastic IPs on the uplink after the last pass.
-    elastic: BTreeSet<Ipv4Addr>,
+    elastic: BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// The last input applied successfully, and when: a pass with the same input does nothing
     /// for a minute, then converges again (repairs drift: a flapped uplink, a deleted link).
     applied: Option<(NetInput, std::time::Instant)>,
@@ -175,7 +175,7 @@ impl HostNet {
             imds: Imds::new(),
             bridges: HashMap::new(),
             tables: BTreeSet::new(),
-            elastic: BTreeSet::new(),
+            elastic: BTreeMap::new(),
             applied: None,
         }
     }
@@ -449,11 +449,26 @@ impl HostNet {
         }
 
         if let (Some(uplink), Some(_)) = (&uplink, self.config.uplink_gateway) {
-            let now: BTreeSet<Ipv4Addr> = elastic.iter().map(|(public, _, _)| *public).collect();
+            let now: BTreeMap<Ipv4Addr, Ipv4Addr> =
+                elastic.iter().map(|(public, private, _)| (*public, *private)).collect();
             if let Some(mac) = link_mac(uplink) {
-                for new in now.difference(&self.elastic) {
+                for new in now.keys().filter(|public| !self.elastic.contains_key(public)) {
                     links.send_gratuitous_arp(uplink, *new, mac).await?;
                 }
+            }
+            // An address that moved or went: the connections tracked through it would keep
+            // their old translation until they expire; cut them, so that its traffic goes
+            // where the address is now (as moving an Elastic IP does in EC2).
+            let moved: Vec<Ipv4Addr> = self
+                .elastic
+                .iter()
+                .filter(|(public, private)| now.get(public) != Some(private))
+                .map(|(public, _)| *public)
+                .collect();
+            if !moved.is_empty() {
+                tokio::task::spawn_blocking(move || forget_connections(&moved))
+                    .await
+                    .map_err(|e| NetError::Answer(format!("conntrack task: {e}")))?;
             }
             self.elastic = now;
         }
@@ -565,6 +580,29 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
         return Ok(());
     }
     std::fs::write(&full, value).map_err(io_error(format!("sysctl {path}={value}")))
+}
+
+/// Deletes the conntrack entries of connections to and from `addresses` (`conntrack -D`, from
+/// conntrack-tools: inbound flows have the address as original destination, outbound ones as
+/// reply destination). Failures are logged: the entries expire by themselves anyway.
+fn forget_connections(addresses: &[Ipv4Addr]) {
+    for address in addresses {
+        for direction in ["--orig-dst", "--reply-dst"] {
+            let output = std::process::Command::new("conntrack")
+                .args(["-D", direction, &address.to_string()])
+                .stdin(std::process::Stdio::null())
+                .output();
+            match output {
+                // Exit status 1 with "0 flow entries": nothing to delete.
+                Ok(out) if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("0 flow entries") => {}
+                Ok(out) => eprintln!(
+                    "hearth-agent: conntrack -D {direction} {address}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => eprintln!("hearth-agent: conntrack -D {direction} {address}: {e} (install conntrack)"),
+            }
+        }
+    }
 }
 
 fn link_mac(dev: &str) -> Option<MacAddr> {
