@@ -378,26 +378,7 @@ fn two_vpcs_with_the_same_cidr_stay_isolated() {
             "--availability-zone",
             ZONE,
         ])["Subnet"]["SubnetId"]);
-        let group = s(&lab.cloud.cli_json(&[
-            "create-security-group",
-            "--group-name",
-            "open",
-            "--description",
-            "x",
-            "--vpc-id",
-            &vpc,
-        ])["GroupId"]);
-        lab.cloud.cli_json(&[
-            "authorize-security-group-ingress",
-            "--group-id",
-            &group,
-            "--protocol",
-            "udp",
-            "--port",
-            "7",
-            "--cidr",
-            "10.0.0.0/8",
-        ]);
+        let group = open_group(&lab, &vpc, "10.0.0.0/8");
         vpcs.push((vpc, subnet, group));
     }
     let run_in = |lab: &Lab, (_, subnet, group): &(String, String, String), count: usize| {
@@ -486,26 +467,7 @@ fn vxlan_carries_a_subnet_between_two_hosts() {
     // Two subnets of another VPC, one instance each, on different hosts: each host routes
     // between the VPC's subnets itself and reaches the other subnet's instance over VXLAN.
     let vpc = s(&lab.cloud.cli_json(&["create-vpc", "--cidr-block", "10.1.0.0/16"])["Vpc"]["VpcId"]);
-    let group = s(&lab.cloud.cli_json(&[
-        "create-security-group",
-        "--group-name",
-        "open",
-        "--description",
-        "x",
-        "--vpc-id",
-        &vpc,
-    ])["GroupId"]);
-    lab.cloud.cli_json(&[
-        "authorize-security-group-ingress",
-        "--group-id",
-        &group,
-        "--protocol",
-        "udp",
-        "--port",
-        "7",
-        "--cidr",
-        "10.1.0.0/16",
-    ]);
+    let group = open_group(&lab, &vpc, "10.1.0.0/16");
     let mut placed = Vec::new();
     for (cidr, host) in [("10.1.1.0/24", "h-lab0"), ("10.1.2.0/24", "h-lab1")] {
         let subnet = s(&lab.cloud.cli_json(&[
@@ -682,11 +644,15 @@ fn open_default_group(lab: &Lab, cidr: &str) {
     let groups = lab
         .cloud
         .cli_json(&["describe-security-groups", "--group-names", "default"]);
-    let default = s(&groups["SecurityGroups"][0]["GroupId"]);
+    allow_udp7(lab, &s(&groups["SecurityGroups"][0]["GroupId"]), cidr);
+}
+
+/// Lets UDP 7 from `cidr` into `group`.
+fn allow_udp7(lab: &Lab, group: &str, cidr: &str) {
     lab.cloud.cli_json(&[
         "authorize-security-group-ingress",
         "--group-id",
-        &default,
+        group,
         "--protocol",
         "udp",
         "--port",
@@ -694,6 +660,21 @@ fn open_default_group(lab: &Lab, cidr: &str) {
         "--cidr",
         cidr,
     ]);
+}
+
+/// A new group "open" in `vpc` letting UDP 7 in from `cidr`.
+fn open_group(lab: &Lab, vpc: &str, cidr: &str) -> String {
+    let group = s(&lab.cloud.cli_json(&[
+        "create-security-group",
+        "--group-name",
+        "open",
+        "--description",
+        "x",
+        "--vpc-id",
+        vpc,
+    ])["GroupId"]);
+    allow_udp7(lab, &group, cidr);
+    group
 }
 
 /// Probe instances in the default subnet, one on each of the lab's two hosts (the scheduler

@@ -1477,8 +1477,6 @@ pub struct HostSubnet {
     pub vpc_number: u32,
     /// Underlay addresses of other hosts with ports in the subnet.
     pub peers: Vec<String>,
-    /// The VPC's other subnets' CIDRs.
-    pub vpc_cidrs: Vec<Ipv4Cidr>,
     /// Instances of the subnet on other hosts: address and MAC.
     pub neighbors: Vec<(Ipv4Addr, String)>,
 }
@@ -1543,12 +1541,6 @@ pub(crate) fn host_network(state: &State, host_id: &str) -> HostNetwork {
             number: subnet.number,
             vpc_number: vpc.number,
             peers: peers.into_iter().collect(),
-            vpc_cidrs: state
-                .subnets
-                .values()
-                .filter(|s| s.vpc_id == vpc.id && s.id != subnet.id)
-                .map(|s| s.cidr)
-                .collect(),
             neighbors,
         });
         out.firewall.vpc_zones.insert(vpc.id.clone(), vpc.number as u16);

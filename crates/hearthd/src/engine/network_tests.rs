@@ -66,20 +66,31 @@ impl Net {
     }
 
     fn host(&self, id: &str, zone: &str, underlay: &str) -> SyncAnswer {
-        self.engine
-            .report(
-                &HostReport {
-                    host_id: id.into(),
-                    availability_zone: zone.into(),
-                    vcpus: 64,
-                    memory_mib: 65536,
-                    agent_version: "test".into(),
-                    underlay_ip: underlay.into(),
-                    has_uplink: true,
-                },
-                &[],
-            )
-            .unwrap()
+        self.report(id, zone, underlay, &[])
+    }
+
+    fn report(&self, id: &str, zone: &str, underlay: &str, actual: &[ActualReport]) -> SyncAnswer {
+        let host = HostReport {
+            host_id: id.into(),
+            availability_zone: zone.into(),
+            vcpus: 64,
+            memory_mib: 65536,
+            agent_version: "test".into(),
+            underlay_ip: underlay.into(),
+            has_uplink: true,
+        };
+        self.engine.report(&host, actual).unwrap()
+    }
+
+    /// h-a's agent reports `instance` terminated (its VMM ended, volumes released).
+    fn agent_terminated(&self, instance: &str) {
+        let actual = ActualReport {
+            instance_id: instance.into(),
+            phase: "terminated".into(),
+            start_generation: 1,
+            ..ActualReport::default()
+        };
+        self.report("h-a", "homelab-1a", "192.0.2.1", &[actual]);
     }
 
     fn run(&self, network: LaunchNetwork) -> Ec2Result<String> {
@@ -237,25 +248,7 @@ fn vpcs_and_subnets_follow_ec2_rules() {
         .terminate_instances(std::slice::from_ref(&id), false)
         .unwrap();
     // Terminated (as the agent reports it): the address is free again.
-    net.engine
-        .report(
-            &HostReport {
-                host_id: "h-a".into(),
-                availability_zone: "homelab-1a".into(),
-                vcpus: 64,
-                memory_mib: 65536,
-                underlay_ip: "192.0.2.1".into(),
-                has_uplink: true,
-                ..HostReport::default()
-            },
-            &[ActualReport {
-                instance_id: id.clone(),
-                phase: "terminated".into(),
-                start_generation: 1,
-                ..ActualReport::default()
-            }],
-        )
-        .unwrap();
+    net.agent_terminated(&id);
     net.engine.delete_subnet(&subnet.id, false).unwrap();
     net.engine.delete_vpc(&vpc.id, false).unwrap();
     assert_eq!(
@@ -427,25 +420,7 @@ fn elastic_ips_associate_move_and_follow_termination() {
     );
     // Terminating the instance disassociates the address (the allocation stays).
     net.engine.terminate_instances(std::slice::from_ref(&b), false).unwrap();
-    net.engine
-        .report(
-            &HostReport {
-                host_id: "h-a".into(),
-                availability_zone: "homelab-1a".into(),
-                vcpus: 64,
-                memory_mib: 65536,
-                underlay_ip: "192.0.2.1".into(),
-                has_uplink: true,
-                ..HostReport::default()
-            },
-            &[ActualReport {
-                instance_id: b.clone(),
-                phase: "terminated".into(),
-                start_generation: 1,
-                ..ActualReport::default()
-            }],
-        )
-        .unwrap();
+    net.agent_terminated(&b);
     let now = net.engine.describe_addresses(&[], &[], &[]).unwrap();
     assert!(now[0].association.is_none());
     net.engine

@@ -503,7 +503,6 @@ pub(crate) fn host_network(network: engine::HostNetwork) -> pb::HostNetwork {
                 number: s.number,
                 vpc_number: s.vpc_number,
                 peers: s.peers,
-                vpc_cidrs: s.vpc_cidrs.iter().map(|c| c.to_string()).collect(),
                 neighbors: s
                     .neighbors
                     .iter()
