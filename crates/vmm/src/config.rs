@@ -93,7 +93,8 @@ pub struct VmConfig {
     /// Optional initrd/initramfs.
     #[serde(default)]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line; the VMM appends `virtio_mmio.device=` arguments.
+    /// Kernel command line; with `acpi=off` the VMM appends `virtio_mmio.device=` arguments
+    /// (otherwise the guest finds the devices in the DSDT).
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
     /// Disks, in slot order.

@@ -72,8 +72,25 @@ fn iasl_disassembles_every_table_without_errors() {
     ] {
         assert!(dsdt.contains(needle), "DSDT lacks {needle}:\n{dsdt}");
     }
+    // Linux's acpi-ged accepts only interrupt resources in the GED's _CRS (any other
+    // resource fails its probe, and the power button never reaches the guest).
+    let ged = &dsdt[dsdt.find("Device (GED0)").expect("GED0 in the DSDT")..];
+    let ged_crs = &ged[ged.find("Name (_CRS").expect("GED0 _CRS")..];
+    let ged_crs = &ged_crs[..ged_crs.find("})").expect("end of GED0 _CRS")];
+    assert!(ged_crs.contains("Interrupt ("), "{ged_crs}");
+    for other in ["Memory32", "IO (", "Memory24", "QWordMemory", "DWordMemory"] {
+        assert!(!ged_crs.contains(other), "GED0 _CRS holds {other}:\n{ged_crs}");
+    }
     let facp = std::fs::read_to_string(dump.join("FACP.dsl")).unwrap();
     assert!(facp.contains("Hardware Reduced (V5) : 1"), "{facp}");
+    // Nothing for the guest to probe ports for: no 8042, no VGA, no CMOS RTC.
+    for line in [
+        "8042 Present on ports 60/64 (V2) : 0",
+        "VGA Not Present (V4) : 1",
+        "CMOS RTC Not Present (V5) : 1",
+    ] {
+        assert!(facp.contains(line), "FACP lacks {line:?}:\n{facp}");
+    }
     let apic = std::fs::read_to_string(dump.join("APIC.dsl")).unwrap();
     assert_eq!(
         apic.matches("Subtable Type : 00 [Processor Local APIC]").count(),

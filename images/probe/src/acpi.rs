@@ -1,4 +1,5 @@
-//! ACPI walk for the `cpus` op: RSDP, XSDT (or RSDT), every table's checksum, MADT CPUs.
+//! ACPI walk for the `cpus` op (RSDP, XSDT or RSDT, every table's checksum, MADT CPUs) and
+//! for device discovery (the DSDT's virtio-mmio `LNRO0005` devices).
 
 use crate::uart::{write, Dec};
 
@@ -175,6 +176,72 @@ fn enabled_local_apics(madt: &[u8]) -> u64 {
             count += 1;
         }
         offset += usize::from(len);
+    }
+    count
+}
+
+/// The DSDT (through RSDP → XSDT/RSDT → FADT), if there is one.
+fn dsdt(rsdp_hint: u64) -> Option<&'static [u8]> {
+    let rsdp_addr = find_rsdp(rsdp_hint)?;
+    let rsdp = phys(rsdp_addr, 36)?;
+    let (root, entry_len) = match (rsdp[15], le64(rsdp, 24)) {
+        (0, _) | (_, 0) => (u64::from(le32(rsdp, 16)), 4),
+        (_, xsdt) => (xsdt, 8),
+    };
+    let root = table(root)?;
+    let entries = root.get(HEADER_LEN..)?;
+    entries.chunks_exact(entry_len).find_map(|entry| {
+        let addr = if entry_len == 8 {
+            le64(entry, 0)
+        } else {
+            u64::from(le32(entry, 0))
+        };
+        let t = table(addr).filter(|t| &signature(t) == b"FACP")?;
+        let x_dsdt = if t.len() >= 148 { le64(t, 140) } else { 0 };
+        table(if x_dsdt != 0 { x_dsdt } else { u64::from(le32(t, 40)) })
+    })
+}
+
+/// A virtio-mmio device of the DSDT: its register window and interrupt.
+#[derive(Clone, Copy)]
+pub struct MmioDevice {
+    pub addr: u64,
+    pub irq: u64,
+}
+
+/// Large resource descriptors of a `_CRS` (ACPI 6.5, 6.4.3), with their fixed lengths:
+/// Memory32Fixed (tag, length, information, base at +4, size at +8) and Extended
+/// Interrupt (tag, length, flags, count, first interrupt at +5).
+const MEMORY32_FIXED: [u8; 3] = [0x86, 0x09, 0x00];
+const EXTENDED_IRQ: [u8; 3] = [0x89, 0x06, 0x00];
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The DSDT's `LNRO0005` (virtio-mmio) devices, in table order, into `out`; returns how
+/// many. Each device's `_CRS` follows its `_HID`: the first Memory32Fixed base and the
+/// first Extended Interrupt after the ID are its window and interrupt (the layout
+/// hearth-vmm writes; not a general AML interpreter).
+pub fn virtio_devices(rsdp_hint: u64, out: &mut [MmioDevice]) -> usize {
+    let Some(dsdt) = dsdt(rsdp_hint) else { return 0 };
+    let mut count = 0;
+    let mut rest = dsdt.get(HEADER_LEN..).unwrap_or(&[]);
+    while let Some(at) = find(rest, b"LNRO0005\0") {
+        // (get, not indexing: a failed index would pull in core::fmt, which uses SSE)
+        rest = rest.get(at + 9..).unwrap_or(&[]);
+        // The next device's ID bounds this one's resources.
+        let end = find(rest, b"LNRO0005\0").unwrap_or(rest.len());
+        let body = rest.get(..end).unwrap_or(&[]);
+        let addr = find(body, &MEMORY32_FIXED).map(|i| le32(body, i + 4));
+        let irq = find(body, &EXTENDED_IRQ).map(|i| le32(body, i + 5));
+        if let (Some(addr), Some(irq), Some(slot)) = (addr, irq, out.get_mut(count)) {
+            *slot = MmioDevice {
+                addr: u64::from(addr),
+                irq: u64::from(irq),
+            };
+            count += 1;
+        }
     }
     count
 }

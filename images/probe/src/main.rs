@@ -78,7 +78,7 @@ extern "C" fn probe_main(zero_page: usize) -> ! {
     say!("cmdline ", line);
 
     let mut devices = [Device::EMPTY; MAX_DEVICES];
-    virtio::discover(line, &mut devices);
+    virtio::discover(line, boot.acpi_rsdp_addr(), &mut devices);
 
     let ops = cmdline::value(line, b"probe.ops").unwrap_or(DEFAULT_OPS);
     for op in ops.split(|&b| b == b',').filter(|op| !op.is_empty()) {

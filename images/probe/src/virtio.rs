@@ -1,10 +1,10 @@
-//! virtio-mmio (version 2) transport: discovery from `virtio_mmio.device=` arguments,
-//! Linux-style initialisation, and polled split virtqueues in static memory.
+//! virtio-mmio (version 2) transport: discovery from `virtio_mmio.device=` arguments or
+//! the DSDT, Linux-style initialisation, and polled split virtqueues in static memory.
 
 use core::ptr::{addr_of, addr_of_mut, null_mut};
 use core::sync::atomic::{compiler_fence, Ordering};
 
-use crate::cmdline;
+use crate::{acpi, cmdline};
 use crate::io::Mmio;
 use crate::uart::{Dec, Hex, Out};
 use crate::{block, net, Global};
@@ -563,19 +563,14 @@ fn parse_device(spec: &[u8]) -> Option<(u64, u64)> {
     Some((cmdline::parse_u64(addr)?, cmdline::parse_u64(irq)?))
 }
 
-/// Finds, prints and initialises every `virtio_mmio.device=` device, in command-line order.
-pub fn discover(line: &[u8], devices: &mut [Device; MAX_DEVICES]) {
+/// Finds, prints and initialises every virtio-mmio device: those of `virtio_mmio.device=`
+/// arguments in command-line order (hearth-vmm gives them with `acpi=off`), else the
+/// DSDT's `LNRO0005` devices in table order (prints `probe: virtio acpi <n> devices`).
+pub fn discover(line: &[u8], rsdp_hint: u64, devices: &mut [Device; MAX_DEVICES]) {
     let mut count = 0;
     let (mut blocks, mut nets) = (0, 0);
-    for arg in cmdline::args(line) {
-        let Some(spec) = arg.strip_prefix(b"virtio_mmio.device=") else {
-            continue;
-        };
-        let Some(slot) = devices.get_mut(count) else {
-            say!("virtio too many devices");
-            break;
-        };
-        match parse_device(spec) {
+    let mut found = |count: usize, slot: &mut Device, addr_irq: Option<(u64, u64)>, spec: &[u8]| {
+        match addr_irq {
             Some((addr, irq)) => *slot = Device::probe(count, addr, irq),
             None => say!("virtio ", Dec(count as u64), " bad argument ", spec),
         }
@@ -587,6 +582,26 @@ pub fn discover(line: &[u8], devices: &mut [Device; MAX_DEVICES]) {
             net::announce(slot, nets);
             nets += 1;
         }
+    };
+    for arg in cmdline::args(line) {
+        let Some(spec) = arg.strip_prefix(b"virtio_mmio.device=") else {
+            continue;
+        };
+        let Some(slot) = devices.get_mut(count) else {
+            say!("virtio too many devices");
+            break;
+        };
+        found(count, slot, parse_device(spec), spec);
         count += 1;
+    }
+    if count > 0 {
+        return;
+    }
+    let mut acpi_devices = [acpi::MmioDevice { addr: 0, irq: 0 }; MAX_DEVICES];
+    let n = acpi::virtio_devices(rsdp_hint, &mut acpi_devices);
+    say!("virtio acpi ", Dec(n as u64), " devices");
+    let listed = acpi_devices.get(..n).unwrap_or(&[]);
+    for (index, (slot, dev)) in devices.iter_mut().zip(listed).enumerate() {
+        found(index, slot, Some((dev.addr, dev.irq)), b"");
     }
 }

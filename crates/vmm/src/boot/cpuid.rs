@@ -1,5 +1,7 @@
 //! CPUID normalisation per vCPU: APIC IDs, topology (one thread per core, all vCPUs in
-//! one socket), the hypervisor bit, and cache sharing consistent with that topology.
+//! one socket), the hypervisor bit, cache sharing consistent with that topology, and no
+//! hardware virtualization for the guest (VMX, SVM and its feature leaf hidden: like EC2's
+//! default, an instance runs no nested hypervisor).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -7,6 +9,10 @@ const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMETERS: u32 = 0x4;
 const LEAF_EXTENDED_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXTENDED_TOPOLOGY: u32 = 0x1f;
+const LEAF_EXTENDED_FEATURES: u32 = 0x8000_0001;
+const LEAF_SVM_FEATURES: u32 = 0x8000_000a;
+const ECX_VMX: u32 = 1 << 5;
+const ECX_SVM: u32 = 1 << 2;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const ECX_X2APIC: u32 = 1 << 21;
 const EDX_HTT: u32 = 1 << 28;
@@ -39,6 +45,7 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
             // [15:8] CLFLUSH line size in 8-byte units.
             entry.ebx = (apic_id << 24) | ((count.min(255)) << 16) | (8 << 8) | (entry.ebx & 0xff);
             entry.ecx |= ECX_HYPERVISOR | ECX_X2APIC;
+            entry.ecx &= !ECX_VMX;
             if count > 1 {
                 entry.edx |= EDX_HTT;
             } else {
@@ -72,6 +79,13 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_
                 }
             }
         }
+        LEAF_EXTENDED_FEATURES => entry.ecx &= !ECX_SVM,
+        LEAF_SVM_FEATURES => {
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
         _ => {}
     }
 }
@@ -99,6 +113,23 @@ mod tests {
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!((e[1].ebx, e[1].edx), (1, 3));
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx >> 8, e[2].edx), (2, 4, 2, 3));
+    }
+
+    #[test]
+    fn hardware_virtualization_is_hidden() {
+        let mut features = entry(LEAF_FEATURES, 0);
+        features.ecx = ECX_VMX | 1;
+        let mut extended = entry(LEAF_EXTENDED_FEATURES, 0);
+        extended.ecx = ECX_SVM | 1;
+        let mut svm = entry(LEAF_SVM_FEATURES, 0);
+        (svm.eax, svm.ebx, svm.edx) = (1, 0x8000, 0x1ebfbcff);
+        let mut cpuid = CpuId::from_entries(&[features, extended, svm]).unwrap();
+        normalize(&mut cpuid, 0, 1);
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ecx & ECX_VMX, 0);
+        assert_eq!(e[0].ecx & 1, 1, "other leaf 1 features kept");
+        assert_eq!(e[1].ecx, 1, "SVM hidden, the rest kept");
+        assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (0, 0, 0, 0));
     }
 
     #[test]

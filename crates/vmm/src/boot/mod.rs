@@ -155,14 +155,22 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<boot_e820_entry> {
     map
 }
 
-/// Builds the command line the guest sees: the configured one, then one
-/// `virtio_mmio.device=` argument per virtio slot.
+/// Whether the guest is told to ignore ACPI (`acpi=off` on its command line).
+pub fn acpi_off(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|arg| arg == "acpi=off")
+}
+
+/// Builds the command line the guest sees: the configured one, and — only when it turns
+/// ACPI off — one `virtio_mmio.device=` argument per virtio slot. The DSDT announces every
+/// slot (`LNRO0005`); announcing them on the command line too made Linux find each device
+/// twice (the second probe fails with -EBUSY).
 pub fn build_cmdline(base: &str, virtio_slots: usize) -> Result<Cmdline, BootError> {
     let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
     if !base.trim().is_empty() {
         cmdline.insert_str(base).map_err(BootError::Cmdline)?;
     }
-    for slot in 0..virtio_slots {
+    let announced = if acpi_off(base) { virtio_slots } else { 0 };
+    for slot in 0..announced {
         cmdline
             .insert_str(format!(
                 "virtio_mmio.device=4K@{:#x}:{}",
@@ -270,12 +278,15 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_lists_every_virtio_slot() {
+    fn cmdline_lists_the_virtio_slots_only_without_acpi() {
         let cmdline = build_cmdline("console=ttyS0", 2).unwrap();
+        assert_eq!(cmdline.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0");
+        let cmdline = build_cmdline("console=ttyS0 acpi=off", 2).unwrap();
         assert_eq!(
             cmdline.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
         );
+        assert!(!acpi_off("console=ttyS0 xacpi=off"));
     }
 
     #[test]
