@@ -4,7 +4,8 @@
 # shellcheck disable=SC2034,SC2154
 # The minimal AMI: hearth's guest kernel (scripts/build-kernel, ELF vmlinux) and a 32 MiB
 # ext4 root of Debian's busybox-static (init, shell, tools, udhcpc, acpid) and
-# dropbear-bin (SSH server, with the shared libraries it needs), plus the files under
+# dropbear-bin (SSH server, with the shared libraries it needs), e2fsprogs' mke2fs, e2fsck
+# and resize2fs, plus the files under
 # rootfs/ (inittab, rcS, the metadata reader). Sourced by scripts/build-image.
 
 image_description="hearth minimal: Linux 6.1 (hearth guest kernel), busybox init, dropbear SSH on port 22, NoCloud metadata (hostname, SSH keys, password, network), ACPI power button"
@@ -13,7 +14,8 @@ recipe_packages=(busybox-static dropbear-bin e2fsprogs libc-bin python3)
 # Size of root.img (sparse); rcS grows the file system to a larger volume at boot.
 minimal_root_mib=32
 # Binaries taken from the host's Debian packages: path on the host = path in the image.
-minimal_dynamic=(/usr/sbin/dropbear /usr/bin/dropbearkey /sbin/resize2fs)
+# mke2fs and e2fsck: a user formats and checks EBS volumes (busybox's mkfs makes ext2 only).
+minimal_dynamic=(/usr/sbin/dropbear /usr/bin/dropbearkey /sbin/resize2fs /sbin/mke2fs /sbin/e2fsck)
 
 minimal_kernel() {
     local vmlinux
@@ -69,10 +71,15 @@ recipe_build() {
         [[ -e $root/$applet || $applet == bin/busybox ]] || ln -s /bin/busybox "$root/$applet"
     done
     # dropbear, dropbearkey, resize2fs and their libraries, at the same paths as on the host
+    # (replacing busybox's applet links of the same name, such as sbin/mke2fs)
     for f in "${minimal_dynamic[@]}" $(minimal_libs); do
         mkdir -p "$root/$(dirname "$f")"
+        rm -f "$root/$f"
         cp -L "$f" "$root/$f"
     done
+    cp /etc/mke2fs.conf "$root/etc/mke2fs.conf"
+    for f in mkfs.ext4 mkfs.ext3; do ln -sf mke2fs "$root/sbin/$f"; done
+    ln -sf e2fsck "$root/sbin/fsck.ext4"
     # the recipe's own files (modes set here: git keeps only the executable bit)
     (cd "$recipe_dir/rootfs" && find . -type d) | while read -r f; do mkdir -p "$root/$f"; done
     (cd "$recipe_dir/rootfs" && find . -type f) | while read -r f; do

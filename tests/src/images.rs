@@ -221,22 +221,6 @@ pub fn copy_sparse(from: &Path, to: &Path) {
     run("cp", &["--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()]);
 }
 
-/// Why a full Linux boot cannot run here, if it cannot: it needs VT-x/AMD-V (on nested
-/// KVM through PVM guest kernel code runs in KVM's instruction emulator).
-pub fn no_full_boot_reason() -> Option<String> {
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hardware = cpuinfo.split_whitespace().any(|flag| flag == "vmx" || flag == "svm");
-    if pvm || !hardware {
-        Some(format!(
-            "a full Linux boot needs hardware virtualization (kvm_pvm loaded: {pvm}, vmx/svm flags: {hardware}); \
-             here guest kernel code runs in KVM's instruction emulator"
-        ))
-    } else {
-        None
-    }
-}
-
 /// A running `hearth-vmm` whose console is collected as it arrives; killed on drop.
 pub struct Vm {
     child: Child,

@@ -184,9 +184,29 @@ fn ip(args: &[&str]) {
 impl Lab {
     /// hearthd with a public pool and `hosts` hosts in one zone, all synced.
     pub fn start(hosts: usize) -> Lab {
+        Lab::start_with(hosts, &[])
+    }
+
+    /// [`Lab::start`] where hearthd also reaches host 0's files (as when its agent runs on
+    /// hearthd's machine): snapshots of its volumes and console output go through hearthd.
+    pub fn start_with_local_host(hosts: usize) -> Lab {
+        Lab::start_with(
+            hosts,
+            &[
+                "--agent-run-dir",
+                "{dir}/host0/run",
+                "--agent-volume-dir",
+                "{dir}/host0/volumes",
+            ],
+        )
+    }
+
+    fn start_with(hosts: usize, hearthd_args: &[&str]) -> Lab {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("hl{}x{n}", std::process::id() % 100_000);
-        let cloud = Cloud::start_with_hearthd_args(AgentMode::External, &["--public-ip-pool", PUBLIC_POOL]);
+        let mut args = vec!["--public-ip-pool", PUBLIC_POOL];
+        args.extend_from_slice(hearthd_args);
+        let cloud = Cloud::start_with_hearthd_args(AgentMode::External, &args);
         let internet = Netns::create(&format!("{prefix}-inet")).expect("create the internet namespace");
         let inet = internet.name().to_string();
         ip(&["-n", &inet, "link", "set", "lo", "up"]);

@@ -300,3 +300,71 @@ impl Drop for NetNs {
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
     }
 }
+
+/// True where real Linux guests run: a host whose CPU has VMX/SVM (not nested PVM), such
+/// as a user's host or the nested lab's L1. Elsewhere the test skips saying why — when
+/// `HEARTH_LAB_LATER=1` (scripts/test, which runs it in the lab next) or on a developer's
+/// machine — and fails under CI.
+pub fn linux_guests_run() -> bool {
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware = cpuinfo.split_whitespace().any(|w| w == "vmx" || w == "svm");
+    if hardware && !pvm {
+        return kvm_available();
+    }
+    let reason = format!(
+        "real Linux guests need hardware virtualization (vmx/svm in /proc/cpuinfo: {hardware}, kvm_pvm: {pvm})"
+    );
+    if std::env::var("HEARTH_LAB_LATER").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED here: {reason}; scripts/test runs it in the nested lab next (scripts/lab test)");
+        return false;
+    }
+    assert!(!in_ci(), "{reason}; under CI=true it must run: scripts/lab test");
+    eprintln!("SKIPPED: {reason}; run it in the nested lab: scripts/lab test");
+    false
+}
+
+/// Returns from the test unless real Linux guests run here (see [`linux_guests_run`]).
+#[macro_export]
+macro_rules! require_linux_guests {
+    () => {
+        if !common::linux_guests_run() {
+            return;
+        }
+    };
+}
+
+/// The files the lab's Linux scenarios boot: hearth's kernel (vmlinux, bzImage beside
+/// it), Debian's cloud kernel and the guests' initramfs (scripts/lab.d/guest-init).
+pub struct LabFiles {
+    pub hearth_vmlinux: PathBuf,
+    pub debian_kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// The lab's files, from the environment scripts/lab gives L1, else from `scripts/lab paths`
+/// (which builds what is missing).
+pub fn lab_files() -> LabFiles {
+    let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    if !["HEARTH_KERNEL", "HEARTH_LAB_DEBIAN_KERNEL", "HEARTH_LAB_INITRAMFS"]
+        .iter()
+        .all(|k| vars.contains_key(*k))
+    {
+        let output = Command::new(repo_root().join("scripts/lab"))
+            .arg("paths")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/lab paths");
+        assert!(output.status.success(), "scripts/lab paths failed");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                vars.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+    }
+    LabFiles {
+        hearth_vmlinux: PathBuf::from(&vars["HEARTH_KERNEL"]),
+        debian_kernel: PathBuf::from(&vars["HEARTH_LAB_DEBIAN_KERNEL"]),
+        initramfs: PathBuf::from(&vars["HEARTH_LAB_INITRAMFS"]),
+    }
+}
