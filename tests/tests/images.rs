@@ -336,6 +336,121 @@ mod lab {
         assert_eq!(status, 0, "not a clean power-off:\n{console}\n{stderr}");
         assert!(console.contains("hearth-minimal: power button pressed"), "{console}");
     }
+
+    /// debian-12 (systemd, cloud-init NoCloud, OpenSSH) as the agent boots it: cloud-init
+    /// applies the hostname, the key (user `debian`) and the user-data script and ends
+    /// `done`; the power button makes systemd shut down cleanly. Minutes in the nested lab:
+    /// with `HEARTH_SLOW_TESTS=1` (`./scripts/test --slow`, which builds the image first).
+    #[test]
+    fn debian_12_boots_with_cloud_init_and_ssh_and_stops_through_systemd() {
+        if std::env::var("HEARTH_SLOW_TESTS").as_deref() != Ok("1") {
+            eprintln!(
+                "SKIPPED: the debian-12 boot takes minutes in the nested lab and its image ~1 GiB; \
+                 ./scripts/test --slow (HEARTH_SLOW_TESTS=1) runs it"
+            );
+            return;
+        }
+        if !hearth_e2e::linux_guests_run() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let image = build_image("debian-12", None);
+        let dir = TempDir::new("debian");
+        let root = dir.path("root.img");
+        copy_sparse(&image.file("root"), &root);
+        let (key, public) = ssh_key(&dir);
+        let mac = "06:00:0a:2b:00:02";
+        let guest_ip = "10.43.0.2";
+        let network = static_network(mac, &format!("{guest_ip}/24"), "10.43.0.1");
+        let cidata = dir.path("cidata.img");
+        let keys = [public];
+        let user_data = "#!/bin/sh\necho user-data-ran > /var/tmp/hearth-user-data\n";
+        let metadata = Metadata {
+            instance_id: "i-00000000000deb120",
+            hostname: "debian-test",
+            public_keys: &keys,
+            user_data: Some(user_data),
+            network_config: Some(&network),
+        };
+        write_cidata(&dir, &metadata, &cidata);
+        let netns = NetNs::with_tap("10.43.0.1/24");
+        let socket = dir.path("vm.sock");
+        let json = image.json();
+        let cmdline = json["command_line"].as_str().unwrap().to_string();
+        let mut args: Vec<String> = vec![
+            "--kernel".into(),
+            image.file("kernel").display().to_string(),
+            "--vcpus".into(),
+            "1".into(),
+            "--memory".into(),
+            "1024".into(),
+            "--cmdline".into(),
+            cmdline,
+            "--disk".into(),
+            format!("path={}", root.display()),
+            "--disk".into(),
+            format!("path={},ro,id=cidata", cidata.display()),
+            "--net".into(),
+            format!("tap={},mac={mac}", netns.tap),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ];
+        if json["initrd"].is_object() {
+            args.extend(["--initrd".to_string(), image.file("initrd").display().to_string()]);
+        }
+        let vm = Vm::start(&args, Some(&netns.name));
+        let ssh = |command: &str| {
+            netns.exec(
+                "ssh",
+                &[
+                    "-i",
+                    key.to_str().unwrap(),
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-o",
+                    "ConnectTimeout=10",
+                    &format!("debian@{guest_ip}"),
+                    command,
+                ],
+            )
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(900);
+        let hostname = loop {
+            let output = ssh("hostname");
+            if output.status.success() {
+                break String::from_utf8_lossy(&output.stdout).trim().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssh debian@{guest_ip} failed: {}\nconsole:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                vm.console()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        eprintln!("debian-12: SSH as debian after {:.1?}", started.elapsed());
+        assert_eq!(hostname, "debian-test");
+        let status = ssh("cloud-init status --wait; sudo cat /var/tmp/hearth-user-data");
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        assert!(
+            text.contains("status: done"),
+            "cloud-init: {text}\nconsole:\n{}",
+            vm.console()
+        );
+        assert!(text.contains("user-data-ran"), "{text}");
+        eprintln!("debian-12: cloud-init done after {:.1?}", started.elapsed());
+        assert_eq!(control(&socket, "power-button")["ok"], true);
+        let (status, console, stderr) = vm.wait_exit(Duration::from_secs(300));
+        assert_eq!(status, 0, "not a clean power-off:\n{console}\n{stderr}");
+        assert!(console.contains("reboot: Power down"), "{console}");
+        eprintln!("debian-12: powered off through systemd after {:.1?}", started.elapsed());
+    }
 }
 
 #[test]

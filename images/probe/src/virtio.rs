@@ -4,9 +4,9 @@
 use core::ptr::{addr_of, addr_of_mut, null_mut};
 use core::sync::atomic::{compiler_fence, Ordering};
 
-use crate::{acpi, cmdline};
 use crate::io::Mmio;
 use crate::uart::{Dec, Hex, Out};
+use crate::{acpi, cmdline};
 use crate::{block, net, Global};
 
 // Register offsets (virtio 1.x, 4.2.2).
