@@ -216,6 +216,31 @@ pub fn ssh_key(dir: &TempDir) -> (PathBuf, String) {
     (key, public.trim().to_string())
 }
 
+/// `ssh -i KEY TARGET COMMAND` from inside network namespace `netns`, one attempt, no
+/// host-key checks or prompts; its output whatever the status.
+pub fn ssh_in(netns: &str, key: &Path, target: &str, command: &str) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "ssh", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            target,
+            command,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh")
+}
+
 /// A sparse copy of `from` at `to` (a VM gets a copy, never the cached image).
 pub fn copy_sparse(from: &Path, to: &Path) {
     run("cp", &["--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()]);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hearth_e2e::images::{
-    build_image, control, copy_sparse, guest_kernel, hearth_image, run, ssh_key, write_cidata, Metadata, NetNs,
+    build_image, control, copy_sparse, guest_kernel, hearth_image, run, ssh_in, ssh_key, write_cidata, Metadata, NetNs,
     TempDir, Vm,
 };
 use hearth_e2e::{kvm_available, repo_root};
@@ -301,23 +301,7 @@ mod lab {
         );
         let mut last = None;
         for _ in 0..20 {
-            let output = netns.exec(
-                "ssh",
-                &[
-                    "-i",
-                    key.to_str().unwrap(),
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "ConnectTimeout=5",
-                    &format!("root@{guest_ip}"),
-                    "hostname",
-                ],
-            );
+            let output = ssh_in(&netns.name, &key, &format!("root@{guest_ip}"), "hostname");
             if output.status.success() {
                 assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ssh-test");
                 last = None;
@@ -399,27 +383,7 @@ mod lab {
             args.extend(["--initrd".to_string(), image.file("initrd").display().to_string()]);
         }
         let vm = Vm::start(&args, Some(&netns.name));
-        let ssh = |command: &str| {
-            netns.exec(
-                "ssh",
-                &[
-                    "-i",
-                    key.to_str().unwrap(),
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "-o",
-                    "ConnectTimeout=10",
-                    &format!("debian@{guest_ip}"),
-                    command,
-                ],
-            )
-        };
+        let ssh = |command: &str| ssh_in(&netns.name, &key, &format!("debian@{guest_ip}"), command);
         let deadline = std::time::Instant::now() + Duration::from_secs(900);
         let hostname = loop {
             let output = ssh("hostname");

@@ -5,10 +5,10 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use hearth_e2e::images::{build_image, ssh_key, TempDir};
+use hearth_e2e::images::{build_image, ssh_in, ssh_key, TempDir};
 use hearth_e2e::netlab::{Client, Lab, ZONE};
 
 /// Every wait here: the lab runs everything emulated.
@@ -47,26 +47,7 @@ impl Steps {
 
 /// `ssh root@ip COMMAND` from the client's namespace with `key`, one attempt.
 fn ssh(client: &Client, key: &Path, ip: Ipv4Addr, command: &str) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", client.netns.name(), "ssh", "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-            &format!("root@{ip}"),
-            command,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ssh")
+    ssh_in(client.netns.name(), key, &format!("root@{ip}"), command)
 }
 
 /// `ssh` until it succeeds (sshd may still be starting); returns its stdout, trimmed.
