@@ -2,7 +2,8 @@
 lab (scripts/bench linux runs this inside it): time from VMM start to the guest's /init
 marker and the VMM's resident memory with the same guest. Prints a table; asserts nothing.
 
-argv: hearth-vmm, kernel, initramfs, runs
+argv: hearth-vmm, kernel, initramfs, runs[, another hearth-vmm to compare, e.g. a build of
+an earlier commit]
 """
 
 import os
@@ -12,13 +13,14 @@ import sys
 import time
 
 VMM, KERNEL, INITRD, RUNS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+OTHER = sys.argv[5] if len(sys.argv) > 5 else ""
 MEMORY_MIB = 256
 CMDLINE = "console=ttyS0 reboot=k panic=1 lab.end=poweroff"
 MARKER = b"LAB: userspace"
 
 
-def hearth_cmd(cmdline):
-    return [VMM, "--kernel", KERNEL, "--initrd", INITRD, "--vcpus", "1", "--memory", str(MEMORY_MIB),
+def hearth_cmd(cmdline, vmm=VMM):
+    return [vmm, "--kernel", KERNEL, "--initrd", INITRD, "--vcpus", "1", "--memory", str(MEMORY_MIB),
             "--cmdline", cmdline]
 
 
@@ -86,14 +88,20 @@ def row(name, value, unit, baseline="", ratio="", goal=""):
 
 
 def compare(label, cmdline):
-    hearth, qemu = [], []
-    for _ in range(RUNS):  # alternated, so drift in L1 hits both alike
+    hearth, qemu, other = [], [], []
+    for _ in range(RUNS):  # alternated, so drift in L1 hits all alike
         hearth.append(boot(hearth_cmd(cmdline)))
         qemu.append(boot(qemu_cmd(cmdline)))
+        if OTHER:
+            other.append(boot(hearth_cmd(cmdline, OTHER)))
     h = statistics.median(t for t, _, _ in hearth)
     q = statistics.median(t for t, _, _ in qemu)
     row(f"start -> /init marker{label}, median of {RUNS}", f"{h:.2f}", "s", f"QEMU microvm {q:.2f} s",
         f"{h / q:.2f}", "<= 0.5")
+    if OTHER:
+        o = statistics.median(t for t, _, _ in other)
+        row(f"  the other hearth-vmm{label}", f"{o:.2f}", "s", f"this one {h:.2f} s", f"{o / h:.2f}",
+            "HEARTH_BENCH_OTHER_VMM")
     return hearth, qemu
 
 

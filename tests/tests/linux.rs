@@ -151,9 +151,13 @@ mod lab {
         lab.cloud.wait_state(&id, "running", LONG);
         steps.done("run-instances → running");
         let ip: Ipv4Addr = lab.cloud.instance(&id).private_ip_address.parse().unwrap();
-        // The guest's DHCP lease is the address hearthd allocated.
-        let console = lab.wait_console(&id, &format!("hearth-minimal: ready instance-id={id}"), LONG);
-        assert!(console.contains(&format!("ip={ip}")), "{console}");
+        // The guest's DHCP lease is the address hearthd allocated. (The banner's next line
+        // is waited for: the console may be caught mid-line.)
+        let console = lab.wait_console(&id, &format!("ssh root@{ip}"), LONG);
+        assert!(
+            console.contains(&format!("hearth-minimal: ready instance-id={id} hostname={id} ip={ip}")),
+            "{console}"
+        );
         steps.done("guest ready (DHCP lease = the allocated address)");
 
         let bridge = lab.bridge_of_instance(&id);
