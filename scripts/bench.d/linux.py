@@ -2,18 +2,41 @@
 lab (scripts/bench linux runs this inside it): time from VMM start to the guest's /init
 marker and the VMM's resident memory with the same guest. Prints a table; asserts nothing.
 
-argv: hearth-vmm, kernel, initramfs, runs[, another hearth-vmm to compare, e.g. a build of
-an earlier commit]
+argv: hearth-vmm, kernel, initramfs, runs, results file[, another hearth-vmm to compare, e.g.
+a build of an earlier commit]. Every boot's result is appended to the results file as it
+comes, and boots already there are not run again: when L1 hangs (docs/lab.md), a new L1
+goes on where the last one stopped.
 """
 
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-VMM, KERNEL, INITRD, RUNS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-OTHER = sys.argv[5] if len(sys.argv) > 5 else ""
+VMM, KERNEL, INITRD, RUNS, RESULTS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+OTHER = sys.argv[6] if len(sys.argv) > 6 else ""
+DONE = {}
+if os.path.exists(RESULTS):
+    with open(RESULTS) as f:
+        for line in f:
+            r = json.loads(line)
+            DONE[(r["label"], r["vmm"], r["run"])] = (r["seconds"], r["rss_kib"], r["guest_kib"])
+
+
+def measured(label, vmm, run, cmd):
+    """A boot's (seconds, RSS KiB, guest RAM KiB): from the results file, or booted now."""
+    key = (label, vmm, run)
+    if key not in DONE:
+        DONE[key] = boot(cmd)
+        with open(RESULTS, "a") as f:
+            seconds, rss, guest = DONE[key]
+            f.write(json.dumps({"label": label, "vmm": vmm, "run": run, "seconds": seconds, "rss_kib": rss,
+                                "guest_kib": guest}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return DONE[key]
 MEMORY_MIB = 256
 CMDLINE = "console=ttyS0 reboot=k panic=1 lab.end=poweroff"
 MARKER = b"LAB: userspace"
@@ -89,11 +112,11 @@ def row(name, value, unit, baseline="", ratio="", goal=""):
 
 def compare(label, cmdline):
     hearth, qemu, other = [], [], []
-    for _ in range(RUNS):  # alternated, so drift in L1 hits all alike
-        hearth.append(boot(hearth_cmd(cmdline)))
-        qemu.append(boot(qemu_cmd(cmdline)))
+    for run in range(RUNS):  # alternated, so drift in L1 hits all alike
+        hearth.append(measured(label, "hearth", run, hearth_cmd(cmdline)))
+        qemu.append(measured(label, "qemu", run, qemu_cmd(cmdline)))
         if OTHER:
-            other.append(boot(hearth_cmd(cmdline, OTHER)))
+            other.append(measured(label, "other", run, hearth_cmd(cmdline, OTHER)))
     h = statistics.median(t for t, _, _ in hearth)
     q = statistics.median(t for t, _, _ in qemu)
     row(f"start -> /init marker{label}, median of {RUNS}", f"{h:.2f}", "s", f"QEMU microvm {q:.2f} s",
