@@ -227,7 +227,18 @@ pub fn run_probe(cmdline: &str, extra: &[&str]) -> Outcome {
 
 /// Sends one control request and returns the JSON answer.
 pub fn control(socket: &Path, request: &str) -> serde_json::Value {
-    let mut stream = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    // The socket's path exists a moment before it listens (bind, then listen): a refused
+    // connection is retried briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("connect {}: {e}", socket.display()),
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     writeln!(stream, "{request}").unwrap();
     let mut line = String::new();
