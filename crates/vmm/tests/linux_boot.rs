@@ -237,7 +237,14 @@ mod lab {
     const BOOT: Duration = Duration::from_secs(300);
     const BASE: &str = "console=ttyS0 reboot=k panic=1";
 
+    /// hearth-vmm's arguments for `kernel` with the lab's initramfs, guest-init told to do
+    /// `ops` and end with `end`; then `extra`.
     fn args(kernel: &Path, vcpus: u8, ops: &str, end: &str, extra: &[String]) -> Vec<String> {
+        args_with(kernel, vcpus, &format!("lab.do={ops} lab.end={end}"), extra)
+    }
+
+    /// [`args`] with guest-init's command-line parameters given whole (`lab.do=… lab.token=…`).
+    fn args_with(kernel: &Path, vcpus: u8, params: &str, extra: &[String]) -> Vec<String> {
         let files = lab_files();
         let mut args: Vec<String> = vec![
             "--kernel".into(),
@@ -249,7 +256,7 @@ mod lab {
             "--memory".into(),
             "256".into(),
             "--cmdline".into(),
-            format!("{BASE} lab.do={ops} lab.end={end}"),
+            format!("{BASE} {params}"),
         ];
         args.extend(extra.iter().cloned());
         args
@@ -421,8 +428,12 @@ mod lab {
         };
         let kernel = &files.debian_kernel;
         let token = format!("t{}", std::process::id());
-        let mut first = args(kernel, 1, "mkfs", "poweroff", &spec(false));
-        first[9] = format!("{} lab.token={token}", first[9]);
+        let first = args_with(
+            kernel,
+            1,
+            &format!("lab.do=mkfs lab.end=poweroff lab.token={token}"),
+            &spec(false),
+        );
         let outcome = boot(&first);
         assert_eq!(line(&outcome, "mkfs"), format!("mkfs written token={token}"));
         assert_exit(&outcome, 0, "guest-poweroff");
