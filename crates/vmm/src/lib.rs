@@ -5,6 +5,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod coalesced;
 pub mod config;
 pub mod control;
 pub mod devices;

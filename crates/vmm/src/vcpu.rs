@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::coalesced::CoalescedRing;
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, VmExit};
 
@@ -62,14 +63,27 @@ pub struct Vcpus {
 
 impl Vcpus {
     /// Starts one named thread per vCPU.
-    pub fn start(vcpus: Vec<VcpuFd>, io: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<VmExit>) -> std::io::Result<Self> {
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        io: Arc<Bus>,
+        mmio: Arc<Bus>,
+        coalesced: Option<Arc<CoalescedRing>>,
+        exit: Arc<VmExit>,
+    ) -> std::io::Result<Self> {
         let control = Arc::new(VcpuControl::default());
         let mut handles = Vec::with_capacity(vcpus.len());
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let (io, mmio, exit, control) = (io.clone(), mmio.clone(), exit.clone(), control.clone());
+            let coalesced = coalesced.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || run_vcpu(index, vcpu, &io, &mmio, &exit, &control))?;
+                .spawn(move || {
+                    run_vcpu(index, vcpu, &io, &mmio, coalesced.as_deref(), &exit, &control);
+                    // Writes queued just before the end still reach the console.
+                    if let Some(ring) = &coalesced {
+                        ring.drain(&io, &mmio);
+                    }
+                })?;
             handles.push(handle);
         }
         Ok(Self { handles, control })
@@ -129,13 +143,26 @@ fn register_summary(vcpu: &VcpuFd) -> String {
     }
 }
 
-fn run_vcpu(index: usize, mut vcpu: VcpuFd, io: &Bus, mmio: &Bus, exit: &VmExit, control: &VcpuControl) {
+fn run_vcpu(
+    index: usize,
+    mut vcpu: VcpuFd,
+    io: &Bus,
+    mmio: &Bus,
+    coalesced: Option<&CoalescedRing>,
+    exit: &VmExit,
+    control: &VcpuControl,
+) {
     loop {
         control.park_if_paused();
         if exit.is_requested() {
             break;
         }
-        match vcpu.run() {
+        let result = vcpu.run();
+        // Writes KVM queued before this exit reach their device before the exit is handled.
+        if let Some(ring) = coalesced {
+            ring.drain(io, mmio);
+        }
+        match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 io.write(u64::from(port), data);
             }

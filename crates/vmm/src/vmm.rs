@@ -15,12 +15,14 @@ use hearth_devices::crypt::{KeyError, XtsCipher};
 use hearth_devices::virtio::block::{BlockHandle, BlockOptions};
 use hearth_devices::virtio::{self, Interrupt, VirtioDevice};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::acpi::{self, AcpiLayout};
 use crate::boot::{self, cpuid, mptable, regs};
+use crate::coalesced::{CoalescedRing, DRAIN_INTERVAL};
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::control::ControlServer;
 use crate::devices::bus::Bus;
@@ -170,6 +172,10 @@ pub struct VmShared {
 pub struct Vmm {
     shared: Arc<VmShared>,
     vcpu_fds: Vec<VcpuFd>,
+    /// COM1.
+    serial: Arc<SerialConsole>,
+    /// Where KVM queues the console's transmit writes, when it can.
+    coalesced: Option<Arc<CoalescedRing>>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     control: Option<ControlServer>,
@@ -274,11 +280,8 @@ impl Vmm {
         let mut io_bus = Bus::default();
         let mut mmio_bus = Bus::default();
         let console = open_console(&config.console)?;
-        io_bus.insert(
-            u64::from(layout::COM1_PORT),
-            8,
-            Arc::new(SerialConsole::new(irqfd(layout::COM1_IRQ)?, console)),
-        );
+        let serial = Arc::new(SerialConsole::new(irqfd(layout::COM1_IRQ)?, console));
+        io_bus.insert(u64::from(layout::COM1_PORT), 8, serial.clone());
         io_bus.insert(
             u64::from(layout::I8042_DATA_PORT),
             5,
@@ -409,6 +412,7 @@ impl Vmm {
             regs::setup_lapic(&vcpu)?;
             vcpu_fds.push(vcpu);
         }
+        let coalesced = coalesce_console_writes(&kvm, &vm, &vcpu_fds[0]);
 
         // 7. Control socket last, so that a failed build leaves no socket behind.
         let control = match &config.control_socket {
@@ -431,6 +435,8 @@ impl Vmm {
         Ok(Vmm {
             shared,
             vcpu_fds,
+            serial,
+            coalesced,
             io_bus: Arc::new(io_bus),
             mmio_bus: Arc::new(mmio_bus),
             control,
@@ -449,6 +455,11 @@ impl Vmm {
             Err(reason) => reason,
         };
         self.finish_disks();
+        // The console's last words: writes still queued in KVM's ring, a partial line.
+        if let Some(ring) = &self.coalesced {
+            ring.drain(&self.io_bus, &self.mmio_bus);
+        }
+        self.serial.flush_output();
         reason
     }
 
@@ -524,6 +535,17 @@ impl Vmm {
                 Err(e) => return ExitReason::VmmError(format!("control socket: {e}")),
             }
         }
+        match ConsoleTimer::new(
+            self.serial.clone(),
+            self.coalesced.clone(),
+            self.io_bus.clone(),
+            self.mmio_bus.clone(),
+        ) {
+            Ok(handler) => {
+                manager.add_subscriber(Arc::new(Mutex::new(handler)));
+            }
+            Err(e) => return ExitReason::VmmError(format!("console timer: {e}")),
+        }
         if let Err(e) = crate::vcpu::install_kick_handler() {
             return ExitReason::VmmError(format!("vCPU kick signal handler: {e}"));
         }
@@ -532,6 +554,7 @@ impl Vmm {
             vcpu_fds,
             self.io_bus.clone(),
             self.mmio_bus.clone(),
+            self.coalesced.clone(),
             self.shared.exit.clone(),
         ) {
             Ok(vcpus) => *self.shared.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpus),
@@ -691,6 +714,63 @@ impl MutEventSubscriber for SignalHandler {
                 self.exit.request(ExitReason::Killed(format!("{name} received")));
             }
         }
+    }
+}
+
+/// Queues the guest's writes to the console's transmit register in KVM's coalesced ring
+/// (see [`crate::coalesced`]) when this KVM can (`KVM_CAP_COALESCED_PIO`); `None` otherwise,
+/// and every write then exits as before.
+fn coalesce_console_writes(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Option<Arc<CoalescedRing>> {
+    if !kvm.check_extension(Cap::CoalescedMmio) || !kvm.check_extension(Cap::CoalescedPio) {
+        return None;
+    }
+    let ring = CoalescedRing::map(vcpu).ok()?;
+    vm.register_coalesced_mmio(IoEventAddress::Pio(u64::from(layout::COM1_PORT)), 1)
+        .ok()?;
+    Some(Arc::new(ring))
+}
+
+/// Every [`DRAIN_INTERVAL`]: empties the coalesced ring (writes no exit followed) and writes
+/// out the partial line the console holds.
+struct ConsoleTimer {
+    timer: TimerFd,
+    serial: Arc<SerialConsole>,
+    ring: Option<Arc<CoalescedRing>>,
+    io: Arc<Bus>,
+    mmio: Arc<Bus>,
+}
+
+impl ConsoleTimer {
+    fn new(
+        serial: Arc<SerialConsole>,
+        ring: Option<Arc<CoalescedRing>>,
+        io: Arc<Bus>,
+        mmio: Arc<Bus>,
+    ) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new().map_err(std::io::Error::from)?;
+        timer
+            .reset(DRAIN_INTERVAL, Some(DRAIN_INTERVAL))
+            .map_err(std::io::Error::from)?;
+        Ok(Self {
+            timer,
+            serial,
+            ring,
+            io,
+            mmio,
+        })
+    }
+}
+
+impl MutEventSubscriber for ConsoleTimer {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if let Some(ring) = &self.ring {
+            ring.drain(&self.io, &self.mmio);
+        }
+        self.serial.flush_output();
     }
 }
 

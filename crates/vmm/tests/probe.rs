@@ -848,3 +848,37 @@ fn two_probes_send_to_each_other_at_once() {
     }
     assert_eq!(ping, "pong");
 }
+
+/// The console's transmit writes are queued by KVM (coalesced port I/O) and reach the
+/// console at the guest's next exit; a guest that prints and then halts makes no exit, and
+/// its output must still arrive while it runs, complete and in order, even when it is
+/// longer than KVM's ring (170 writes on 4 KiB pages).
+#[test]
+fn console_output_of_a_guest_that_halts_arrives_while_it_runs() {
+    require_kvm!();
+    let dir = TempDir::new("halted-console");
+    let console = dir.path("console.log");
+    let pad: String = (0..600).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let cmdline = format!("probe.ops=hang probe.pad={pad}");
+    let mut args = probe_args(&cmdline);
+    args.extend(["--console".into(), console.display().to_string()]);
+    let mut vmm = spawn_vmm(&args, None);
+    let want = [format!("probe: cmdline {cmdline}"), "probe: hanging".to_string()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if want.iter().all(|line| text.lines().any(|l| l == line)) {
+            break;
+        }
+        assert!(
+            vmm.child.try_wait().unwrap().is_none(),
+            "the VMM ended before the console showed {want:?}:\n{text}"
+        );
+        assert!(Instant::now() < deadline, "the console never showed {want:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        vmm.child.try_wait().unwrap().is_none(),
+        "the guest should still be hanging"
+    );
+}
