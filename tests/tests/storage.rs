@@ -765,7 +765,8 @@ fn snapshots_of_a_running_volume_are_incremental_and_restore_byte_for_byte() {
 }
 
 /// 5. An encrypted volume: ciphertext in its file, an encrypted snapshot, and a restored
-///    volume that another instance reads through its VMM.
+///    volume that another instance reads through its VMM; with its key file removed,
+///    StartInstances and AttachVolume fail closed (`InvalidKMSKey.InvalidState`).
 #[test]
 fn encrypted_volume_snapshot_and_restore() {
     if !kvm_available() {
@@ -834,6 +835,64 @@ fn encrypted_volume_snapshot_and_restore() {
     let mark = console_mark(&cloud, a);
     start(&cloud, a);
     wait_console_after(&cloud, a, mark, "probe: boot-count 2");
+
+    eprintln!("the key file removed: start and attach fail closed");
+    stop(&cloud, &[a, b]);
+    cloud.cli_json(&["detach-volume", "--volume-id", &restored_id, "--wait"]);
+    assert_eq!(volume(&cloud, &restored_id)["State"], "available");
+    let key_path = cloud.dir.join("kms").join(format!("{key}.key"));
+    let hidden = key_path.with_extension("hidden");
+    std::fs::rename(&key_path, &hidden).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let taps = || -> Vec<String> {
+        std::fs::read_dir("/sys/class/net")
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("ht"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let taps_before = taps();
+    let (start_err, attach_err) = cloud.block_on(async {
+        let mut client = cloud.client().await;
+        let start_err = client
+            .start_instances(InstanceIdsRequest {
+                instance_ids: vec![a.to_string()],
+                dry_run: false,
+            })
+            .await
+            .unwrap_err();
+        let attach_err = client
+            .attach_volume(AttachVolumeRequest {
+                volume_id: restored_id.clone(),
+                instance_id: b.to_string(),
+                device: "/dev/sdf".into(),
+                dry_run: false,
+            })
+            .await
+            .unwrap_err();
+        (start_err, attach_err)
+    });
+    assert_eq!(ec2_code(&start_err), "InvalidKMSKey.InvalidState", "{start_err:?}");
+    assert!(start_err.message().contains(&vol), "{start_err:?}");
+    assert_eq!(ec2_code(&attach_err), "InvalidKMSKey.InvalidState", "{attach_err:?}");
+    // Nothing changed: A stopped, no VMM started, no tap, the restored volume unattached,
+    // the volume file the same bytes, no key file in A's run directory.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cloud.state(a), "stopped");
+    assert!(cloud.vmm_pids().is_empty(), "VMMs: {:?}", cloud.vmm_pids());
+    assert_eq!(taps(), taps_before);
+    assert_eq!(volume(&cloud, &restored_id)["State"], "available");
+    assert!(std::fs::read(&file).unwrap() == bytes, "the volume file changed");
+    assert!(!cloud.run_dir().join(a).join(format!("{vol}.key")).exists());
+    // With the key back, A starts and reads its volume again.
+    std::fs::rename(&hidden, &key_path).unwrap();
+    let mark = console_mark(&cloud, a);
+    start(&cloud, a);
+    wait_console_after(&cloud, a, mark, "probe: boot-count 3");
     eprintln!("done in {:?}", begun.elapsed());
 }
 

@@ -140,7 +140,11 @@ enum VmmStatus {
         unix_ms: i64,
     },
     /// It could not be started.
-    LaunchFailed { error: String, unix_ms: i64 },
+    LaunchFailed {
+        reason: &'static str,
+        error: String,
+        unix_ms: i64,
+    },
 }
 
 /// One VMM and the task that watches it.
@@ -250,13 +254,13 @@ impl Instance {
         self.save(id);
     }
 
-    /// Records a start that failed before a VMM ran: `vmm-error`, and no retry until a
-    /// newer `start_generation`.
-    fn record_launch_failure(&mut self, id: &str, mut state: InstanceState, error: String, unix_ms: i64) {
+    /// Records a start that failed before a VMM ran: `reason` (`vmm-error`,
+    /// `encryption-key`), and no retry until a newer `start_generation`.
+    fn record_launch_failure(&mut self, id: &str, mut state: InstanceState, reason: &str, error: String, unix_ms: i64) {
         log(id, format_args!("cannot start the VMM: {error}"));
         state.boot_count = state.boot_count.saturating_sub(1);
         state.restart_pending = false;
-        state.last_exit_reason = "vmm-error".into();
+        state.last_exit_reason = reason.into();
         state.last_exit_detail = error;
         state.last_exit_unix_ms = unix_ms;
         self.state = state;
@@ -538,9 +542,9 @@ impl Agent {
                     }
                     instance.record_exit(id, pid, wait_status, unix_ms);
                 }
-                VmmStatus::LaunchFailed { error, unix_ms } => {
+                VmmStatus::LaunchFailed { reason, error, unix_ms } => {
                     let state = vmm.pending.take().unwrap_or_else(|| instance.state.clone());
-                    instance.record_launch_failure(id, state, error, unix_ms);
+                    instance.record_launch_failure(id, state, reason, error, unix_ms);
                 }
             }
         }
@@ -744,6 +748,34 @@ pub fn wipe_stopped(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The key of an encrypted volume (`None` for a plain one); an error when the volume is
+/// encrypted (`encrypted`, or a key given) and the key is not 64 bytes with distinct
+/// halves, the only key hearth-vmm's AES-256-XTS takes. Never lets an encrypted volume
+/// through as plain.
+pub fn volume_key(volume: &DesiredVolume) -> Result<Option<&[u8]>, LaunchError> {
+    let key = volume.encryption_key.as_slice();
+    if !volume.encrypted && key.is_empty() {
+        return Ok(None);
+    }
+    let refuse = |problem: String| LaunchError::EncryptionKey {
+        volume_id: volume.volume_id.clone(),
+        problem,
+    };
+    if key.is_empty() {
+        return Err(refuse("hearthd sent no key (is its key file missing?)".into()));
+    }
+    if key.len() != XTS_KEY_BYTES {
+        return Err(refuse(format!("{} bytes, expected {XTS_KEY_BYTES}", key.len())));
+    }
+    if key[..XTS_KEY_BYTES / 2] == key[XTS_KEY_BYTES / 2..] {
+        return Err(refuse("its two halves are equal".into()));
+    }
+    Ok(Some(key))
+}
+
+/// Bytes of a volume key (two AES-256 keys for XTS).
+pub const XTS_KEY_BYTES: usize = 64;
+
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -785,6 +817,11 @@ impl LaunchPlan {
             .ok_or_else(|| LaunchError::Shape(format!("memory_mib {}", wanted.memory_mib)))?;
         if wanted.kernel_path.is_empty() {
             return Err(LaunchError::Shape("no kernel".into()));
+        }
+        // Before anything is created (run directory, volume files, metadata disk): an
+        // encrypted volume without a usable key fails the start here.
+        for volume in &wanted.volumes {
+            volume_key(volume)?;
         }
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(Self {
@@ -829,16 +866,18 @@ impl LaunchPlan {
         };
         std::fs::create_dir_all(&self.dir).map_err(write_error(&self.dir))?;
         for volume in &self.volumes {
+            let key = volume_key(volume)?;
             let path = ensure_volume(&self.volume_dir, volume).map_err(|source| LaunchError::Volume {
                 volume_id: volume.volume_id.clone(),
                 source,
             })?;
-            let encryption = if volume.encryption_key.is_empty() {
-                None
-            } else {
-                let key_file = self.dir.join(format!("{}{KEY_SUFFIX}", volume.volume_id));
-                write_private(&key_file, &volume.encryption_key).map_err(write_error(&key_file))?;
-                Some(EncryptionFile { key_file })
+            let encryption = match key {
+                None => None,
+                Some(key) => {
+                    let key_file = self.dir.join(format!("{}{KEY_SUFFIX}", volume.volume_id));
+                    write_private(&key_file, key).map_err(write_error(&key_file))?;
+                    Some(EncryptionFile { key_file })
+                }
             };
             let rate_limit = volume
                 .limits
@@ -966,6 +1005,7 @@ impl Context {
                     }
                     Ok(Err(e)) => {
                         set(VmmStatus::LaunchFailed {
+                            reason: e.exit_reason(),
                             error: error_chain(&e),
                             unix_ms: now_unix_ms(),
                         });
@@ -973,6 +1013,7 @@ impl Context {
                     }
                     Err(e) => {
                         set(VmmStatus::LaunchFailed {
+                            reason: crate::error::VMM_ERROR_REASON,
                             error: format!("the start task failed: {e}"),
                             unix_ms: now_unix_ms(),
                         });
@@ -1036,7 +1077,7 @@ impl Context {
             Ok(plan) => {
                 instance.vmm = Some(self.supervise(VmmSource::Launch(Box::new(plan)), Some(next), restart));
             }
-            Err(e) => instance.record_launch_failure(id, next, error_chain(&e), now_unix_ms()),
+            Err(e) => instance.record_launch_failure(id, next, e.exit_reason(), error_chain(&e), now_unix_ms()),
         }
     }
 
@@ -1305,6 +1346,82 @@ mod tests {
             Agent::new(agent.config().clone()),
             Err(AgentError::Lock { .. })
         ));
+        drop(agent);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn an_encrypted_volume_needs_a_usable_key_and_a_key_means_encrypted() {
+        let volume = |encrypted: bool, key: Vec<u8>| DesiredVolume {
+            volume_id: "vol-e".into(),
+            encrypted,
+            encryption_key: key,
+            ..Default::default()
+        };
+        let mut good: Vec<u8> = (0..64).collect();
+        assert_eq!(volume_key(&volume(false, Vec::new())).unwrap(), None);
+        assert_eq!(volume_key(&volume(true, good.clone())).unwrap(), Some(good.as_slice()));
+        // A key without the flag (a hearthd from before the flag) is encrypted too.
+        assert_eq!(volume_key(&volume(false, good.clone())).unwrap(), Some(good.as_slice()));
+        good[32..].copy_from_slice(&(0..32).collect::<Vec<u8>>());
+        for (encrypted, key, problem) in [
+            (true, Vec::new(), "no key"),
+            (true, vec![1; 63], "63 bytes, expected 64"),
+            (false, vec![1; 16], "16 bytes, expected 64"),
+            (true, good, "halves are equal"),
+        ] {
+            let error = volume_key(&volume(encrypted, key)).unwrap_err();
+            assert_eq!(error.exit_reason(), crate::error::ENCRYPTION_KEY_REASON);
+            let text = error_chain(&error);
+            assert!(text.contains("vol-e") && text.contains(problem), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_volume_without_a_usable_key_is_never_started() {
+        let config = config("nokey");
+        let base = config.run_dir.parent().unwrap().to_path_buf();
+        let mut agent = Agent::new(config).unwrap();
+        let volume_file = agent.config().volume_dir.join("vol-enc.img");
+        std::fs::write(&volume_file, b"ciphertext").unwrap();
+        let run_dir = agent.config().run_dir.join("i-1");
+        let encrypted = |generation: u64, key: Vec<u8>| {
+            let mut desired = wanted("i-1", "running");
+            desired.start_generation = generation;
+            desired.volumes = vec![DesiredVolume {
+                volume_id: "vol-enc".into(),
+                encrypted: true,
+                encryption_key: key,
+                ..Default::default()
+            }];
+            desired
+        };
+        for (generation, key) in [(1, Vec::new()), (2, vec![9; 32])] {
+            agent.reconcile(&[encrypted(generation, key)]);
+            let actual = wait_until(&mut agent, |a| a[0].start_generation == generation).await;
+            assert_eq!(actual[0].last_exit_reason, "encryption-key", "{actual:?}");
+            assert_eq!(actual[0].phase, phase::STOPPED);
+            assert_eq!((actual[0].pid, actual[0].boot_count), (0, 0));
+            assert!(actual[0].last_exit_detail.contains("vol-enc"), "{actual:?}");
+            assert!(agent.instances["i-1"].vmm.is_none());
+            // Nothing prepared: no VMM config, no key file, the volume file as it was.
+            assert!(!run_dir.join(CONFIG_FILE).exists());
+            assert!(!run_dir.join(format!("vol-enc{KEY_SUFFIX}")).exists());
+            assert_eq!(std::fs::read(&volume_file).unwrap(), b"ciphertext");
+        }
+        // With its key the start goes on (and fails only for the missing VMM binary), the
+        // disk configured encrypted.
+        let key: Vec<u8> = (0..64).collect();
+        agent.reconcile(&[encrypted(3, key.clone())]);
+        let actual = wait_until(&mut agent, |a| {
+            a[0].start_generation == 3 && a[0].last_exit_reason == "vmm-error"
+        })
+        .await;
+        assert!(actual[0].last_exit_detail.contains("hearth-vmm"), "{actual:?}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir.join(CONFIG_FILE)).unwrap()).unwrap();
+        let key_file = PathBuf::from(config["disks"][0]["encryption"]["key_file"].as_str().unwrap());
+        assert_eq!(std::fs::read(key_file).unwrap(), key);
         drop(agent);
         std::fs::remove_dir_all(base).unwrap();
     }

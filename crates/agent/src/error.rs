@@ -107,7 +107,8 @@ pub enum VolumeError {
     },
 }
 
-/// Starting a VMM failed; reported as `vmm-error` with this error as the detail.
+/// Starting a VMM failed; reported as `vmm-error` (or `encryption-key`, see [`LaunchError::exit_reason`])
+/// with this error as the detail.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     /// The desired shape cannot be given to hearth-vmm.
@@ -139,6 +140,15 @@ pub enum LaunchError {
         /// Why.
         message: String,
     },
+    /// An encrypted volume came without usable key material: the VMM is not started (the
+    /// disk is never attached unencrypted). Reported as `encryption-key`.
+    #[error("encrypted volume {volume_id} has no usable key: {problem}")]
+    EncryptionKey {
+        /// The volume.
+        volume_id: String,
+        /// What is wrong with the key.
+        problem: String,
+    },
     /// The VMM process could not be started.
     #[error("cannot start {binary}")]
     Spawn {
@@ -149,6 +159,23 @@ pub enum LaunchError {
         source: io::Error,
     },
 }
+
+impl LaunchError {
+    /// The `last_exit_reason` reported for this failure: `encryption-key` for a volume
+    /// without a usable key (hearthd answers `Client.InvalidKMSKey.InvalidState`),
+    /// `vmm-error` for everything else.
+    pub fn exit_reason(&self) -> &'static str {
+        match self {
+            LaunchError::EncryptionKey { .. } => ENCRYPTION_KEY_REASON,
+            _ => VMM_ERROR_REASON,
+        }
+    }
+}
+
+/// `last_exit_reason` of a start refused for an encrypted volume without a usable key.
+pub const ENCRYPTION_KEY_REASON: &str = "encryption-key";
+/// `last_exit_reason` of any other start that failed before the VMM ran.
+pub const VMM_ERROR_REASON: &str = "vmm-error";
 
 /// `error: cause: cause…`, the whole `source()` chain on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

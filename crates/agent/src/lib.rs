@@ -23,6 +23,6 @@ pub mod vmm_log;
 pub mod volume;
 
 pub use agent::{console_tail, phase, Agent, AgentConfig, HostSpec, CONFIG_FILE, CONSOLE_FILE, PID_FILE};
-pub use error::{error_chain, AgentError, LaunchError, VolumeError};
+pub use error::{error_chain, AgentError, LaunchError, VolumeError, ENCRYPTION_KEY_REASON, VMM_ERROR_REASON};
 pub use state::STATE_FILE;
 pub use sync::{channel, channel_tls, run_agent, sync_loop, WAIT_MS};

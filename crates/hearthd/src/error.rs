@@ -100,6 +100,10 @@ pub enum Ec2Error {
     /// The volume's (or snapshot's) state does not allow the call.
     #[error("{0}")]
     ResourceIncorrectState(String),
+    /// The encryption key of an encrypted volume or snapshot is missing, unreadable or
+    /// malformed: the call fails rather than use the volume without it.
+    #[error("The KMS key provided is in an incorrect state: {0}")]
+    KmsKeyInvalidState(String),
     /// No such attachment (DetachVolume).
     #[error("{0}")]
     AttachmentNotFound(String),
@@ -242,6 +246,7 @@ impl Ec2Error {
             Ec2Error::InvalidId(_) => "InvalidID",
             Ec2Error::VolumeInUse(_) => "VolumeInUse",
             Ec2Error::ResourceIncorrectState(_) => "IncorrectState",
+            Ec2Error::KmsKeyInvalidState(_) => "InvalidKMSKey.InvalidState",
             Ec2Error::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
             Ec2Error::VolumeZoneMismatch(_) => "InvalidVolume.ZoneMismatch",
             Ec2Error::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
@@ -325,9 +330,10 @@ impl Ec2Error {
             | Ec2Error::VolumeZoneMismatch(_)
             | Ec2Error::InvalidManifest(_)
             | Ec2Error::TagLimitExceeded(_) => StatusClass::InvalidArgument,
-            Ec2Error::VolumeInUse(_) | Ec2Error::ResourceIncorrectState(_) | Ec2Error::SnapshotInUse(_) => {
-                StatusClass::FailedPrecondition
-            }
+            Ec2Error::VolumeInUse(_)
+            | Ec2Error::ResourceIncorrectState(_)
+            | Ec2Error::SnapshotInUse(_)
+            | Ec2Error::KmsKeyInvalidState(_) => StatusClass::FailedPrecondition,
             Ec2Error::IncorrectInstanceState { .. } | Ec2Error::IncorrectState(_) | Ec2Error::DryRunOperation => {
                 StatusClass::FailedPrecondition
             }
@@ -486,6 +492,11 @@ mod tests {
                 Ec2Error::TagLimitExceeded("t".into()),
                 "TagLimitExceeded",
                 StatusClass::InvalidArgument,
+            ),
+            (
+                Ec2Error::KmsKeyInvalidState("k".into()),
+                "InvalidKMSKey.InvalidState",
+                StatusClass::FailedPrecondition,
             ),
             (
                 Ec2Error::io("copy a file", io()),

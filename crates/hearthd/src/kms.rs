@@ -3,13 +3,12 @@
 //! stores (`<data>/kms` by default). A volume's file, and its snapshots' chunks, hold
 //! ciphertext; hearthd hands the key to the agent that runs the volume (over the Sync
 //! channel, TLS between hosts), which gives it to hearth-vmm in a 0600 file in the
-//! instance's run directory.
+//! instance's run directory. A key that cannot be read fails the call that needs it
+//! (`InvalidKMSKey.InvalidState`); it is never handed on empty (docs/storage.md).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use crate::error::{Ec2Error, Ec2Result};
 use crate::ids::fill_random;
@@ -17,12 +16,12 @@ use crate::ids::fill_random;
 /// Bytes in a key (two AES-256 keys for XTS).
 pub const KEY_BYTES: usize = 64;
 
-/// The key directory, with the keys read so far kept in memory (keys never change once
-/// written, and every Sync answer for a host with encrypted volumes carries them).
+/// The key directory. Keys are read from their files at every use (64 bytes, no cache):
+/// a key file removed or damaged takes effect at once, and every use of a missing key
+/// fails closed (`InvalidKMSKey.InvalidState`), never hands on an empty key.
 #[derive(Clone)]
 pub struct KeyStore {
     dir: PathBuf,
-    loaded: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -46,10 +45,7 @@ fn well_formed(key_id: &str) -> bool {
 impl KeyStore {
     /// Keys in `dir` (created when the first key is).
     pub fn new(dir: impl Into<PathBuf>) -> KeyStore {
-        KeyStore {
-            dir: dir.into(),
-            loaded: Arc::default(),
-        }
+        KeyStore { dir: dir.into() }
     }
 
     fn path(&self, key_id: &str) -> PathBuf {
@@ -101,32 +97,78 @@ impl KeyStore {
         well_formed(key_id) && self.path(key_id).is_file()
     }
 
-    /// The key bytes (read from its file once).
+    /// The key bytes, read from its file now. A missing or unreadable file, or one that
+    /// is not a usable AES-256-XTS key (64 bytes, two distinct halves), is
+    /// `InvalidKMSKey.InvalidState`: never an empty key.
     pub fn load(&self, key_id: &str) -> Ec2Result<Vec<u8>> {
         if !well_formed(key_id) {
             return Err(Ec2Error::InvalidParameterValue(format!(
                 "Invalid KMS key id '{key_id}'"
             )));
         }
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(key) = loaded.get(key_id) {
-            return Ok(key.clone());
-        }
         let path = self.path(key_id);
-        let key = std::fs::read(&path).map_err(|e| Ec2Error::io(format!("read the key {}", path.display()), e))?;
+        let key = std::fs::read(&path)
+            .map_err(|e| Ec2Error::KmsKeyInvalidState(format!("key {key_id}: cannot read {}: {e}", path.display())))?;
         if key.len() != KEY_BYTES {
-            return Err(Ec2Error::io(
-                format!("the key {}", path.display()),
-                std::io::Error::other(format!("{} bytes, expected {KEY_BYTES}", key.len())),
-            ));
+            return Err(Ec2Error::KmsKeyInvalidState(format!(
+                "key {key_id}: {} holds {} bytes, expected {KEY_BYTES}",
+                path.display(),
+                key.len()
+            )));
         }
-        loaded.insert(key_id.to_string(), key.clone());
+        if key[..KEY_BYTES / 2] == key[KEY_BYTES / 2..] {
+            return Err(Ec2Error::KmsKeyInvalidState(format!(
+                "key {key_id}: {} is not an XTS key (equal halves)",
+                path.display()
+            )));
+        }
         Ok(key)
+    }
+
+    /// Removes a key (a key created for a call that then failed).
+    pub fn remove(&self, key_id: &str) {
+        if well_formed(key_id) {
+            let _ = std::fs::remove_file(self.path(key_id));
+        }
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Keys created for a call that may still fail: removed on drop unless [`NewKeys::keep`]
+/// is called once the call's changes are committed (a failed RunInstances leaves no key).
+pub struct NewKeys<'a> {
+    keys: &'a KeyStore,
+    ids: Vec<String>,
+}
+
+impl<'a> NewKeys<'a> {
+    /// None yet, in `keys`.
+    pub fn new(keys: &'a KeyStore) -> NewKeys<'a> {
+        NewKeys { keys, ids: Vec::new() }
+    }
+
+    /// [`KeyStore::create`], remembered.
+    pub fn create(&mut self) -> Ec2Result<String> {
+        let id = self.keys.create()?;
+        self.ids.push(id.clone());
+        Ok(id)
+    }
+
+    /// The call succeeded: the keys stay.
+    pub fn keep(mut self) {
+        self.ids.clear();
+    }
+}
+
+impl Drop for NewKeys<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.keys.remove(id);
+        }
     }
 }
 
@@ -151,5 +193,47 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(!keys.exists("../etc/passwd"));
         assert_eq!(keys.load("nope").unwrap_err().code(), "InvalidParameterValue");
+    }
+
+    #[test]
+    fn a_missing_short_or_degenerate_key_is_an_invalid_state_even_after_a_load() {
+        let dir = TempDir::new("kms-closed");
+        let keys = KeyStore::new(dir.path().join("kms"));
+        let id = keys.create().unwrap();
+        let key = keys.load(&id).unwrap();
+        let path = keys.path(&id);
+        let refused = |keys: &KeyStore| {
+            let error = keys.load(&id).unwrap_err();
+            assert_eq!(error.code(), "InvalidKMSKey.InvalidState", "{error:?}");
+            error.message()
+        };
+        std::fs::write(&path, &key[..63]).unwrap();
+        assert!(refused(&keys).contains("63 bytes"));
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        assert!(refused(&keys).contains("equal halves"));
+        std::fs::remove_file(&path).unwrap();
+        // Loaded before, gone now: refused (no copy kept in memory).
+        let message = refused(&keys);
+        assert!(message.contains(&id) && message.contains("cannot read"), "{message}");
+        assert!(!keys.exists(&id));
+        std::fs::write(&path, &key).unwrap();
+        assert_eq!(keys.load(&id).unwrap(), key);
+        keys.remove(&id);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn new_keys_are_removed_unless_kept() {
+        let dir = TempDir::new("kms-new");
+        let keys = KeyStore::new(dir.path().join("kms"));
+        let mut failed = NewKeys::new(&keys);
+        let dropped = failed.create().unwrap();
+        assert!(keys.exists(&dropped));
+        drop(failed);
+        assert!(!keys.exists(&dropped));
+        let mut done = NewKeys::new(&keys);
+        let kept = done.create().unwrap();
+        done.keep();
+        assert!(keys.exists(&kept));
     }
 }

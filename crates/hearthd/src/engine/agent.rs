@@ -69,7 +69,11 @@ pub struct DesiredVolume {
     pub read_only: bool,
     /// Delete on terminate.
     pub delete_on_termination: bool,
-    /// The AES-256-XTS key of an encrypted volume (empty = plain).
+    /// The volume file holds ciphertext: the agent never attaches it without a usable
+    /// `encryption_key` (an empty key here means the key file was unusable at Sync time, and
+    /// the start fails with `encryption-key`).
+    pub encrypted: bool,
+    /// The AES-256-XTS key of an encrypted volume (empty for a plain one).
     pub encryption_key: Vec<u8>,
     /// Token buckets of its volume type.
     pub limits: crate::volume_types::DiskLimits,
@@ -222,6 +226,22 @@ fn apply_actual(instance: &Instance, actual: &ActualReport, now: i64) -> Option<
             match actual.last_exit_reason.as_str() {
                 // The agent restarts a rebooting guest itself; nothing to decide here.
                 "guest-reboot" => {}
+                // The agent refused to start: an encrypted volume without a usable key
+                // (StartInstances and AttachVolume check the key; this is one lost
+                // since). EC2 stops an instance whose encrypted volume's KMS key is
+                // unusable at start, with this reason code.
+                hearth_agent::ENCRYPTION_KEY_REASON => {
+                    next.state = InstanceState::Stopped;
+                    next.desired = DesiredRun::Stopped;
+                    next.state_reason = Some(StateReason::new(
+                        "Client.InvalidKMSKey.InvalidState",
+                        &format!(
+                            "The KMS key provided is in an incorrect state ({})",
+                            actual.last_exit_detail
+                        ),
+                    ));
+                    next.state_transition_reason = format!("Client error on launch ({})", crate::time::gmt(now));
+                }
                 "guest-poweroff" => {
                     next.state_reason = Some(StateReason::new(
                         "Client.InstanceInitiatedShutdown",
@@ -383,15 +403,15 @@ impl Engine {
                         size_bytes: volume.size_bytes(),
                         read_only: false,
                         delete_on_termination: device.delete_on_termination,
-                        encryption_key: if volume.kms_key_id.is_empty() {
-                            Vec::new()
-                        } else {
-                            match self.options.keys.load(&volume.kms_key_id) {
-                                Ok(key) => key,
-                                Err(e) => {
-                                    eprintln!("hearthd: the key of {} is unreadable: {}", volume.id, e.message());
-                                    Vec::new()
-                                }
+                        encrypted: volume.encrypted || !volume.kms_key_id.is_empty(),
+                        // StartInstances and AttachVolume refused an unusable key; one lost
+                        // since is sent empty with `encrypted` set, and the agent refuses to
+                        // start the instance (fail closed, never a plain disk).
+                        encryption_key: match self.volume_key(volume) {
+                            Ok(key) => key.unwrap_or_default(),
+                            Err(e) => {
+                                eprintln!("hearthd: {}", e.message());
+                                Vec::new()
                             }
                         },
                         limits: crate::volume_types::limits(

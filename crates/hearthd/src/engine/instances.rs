@@ -532,6 +532,8 @@ impl Engine {
 
         let reservation_id = IdKind::Reservation.generate();
         let mut changes = Changes::default();
+        // Removed again if the launch fails below.
+        let mut new_keys = crate::kms::NewKeys::new(&self.options.keys);
         let mut zone_plans: BTreeMap<String, super::network::NetworkPlan> = BTreeMap::new();
         for (index, host_id) in hosts.iter().enumerate() {
             let host = &state.hosts[host_id];
@@ -551,7 +553,7 @@ impl Engine {
             let mut block_devices = Vec::new();
             for plan in &volume_plans {
                 let kms_key_id = if plan.encrypted {
-                    self.options.keys.create()?
+                    new_keys.create()?
                 } else {
                     String::new()
                 };
@@ -639,6 +641,7 @@ impl Engine {
         state.bump_all_hosts(&mut changes);
         let ids: Vec<String> = changes.instances.iter().map(|i| i.id.clone()).collect();
         self.commit(&mut inner, changes)?;
+        new_keys.keep();
         let instances = ids.iter().map(|id| Arc::clone(&inner.state.instances[id])).collect();
         Ok(Reservation {
             reservation_id,
@@ -778,6 +781,12 @@ impl Engine {
                         "The instance '{}' has no root volume at {} (attach one first)",
                         instance.id, instance.root_device_name
                     )));
+                }
+                // Fail closed: no start with an encrypted volume whose key is unusable.
+                for device in &instance.block_devices {
+                    if let Some(volume) = state.volumes.get(&device.volume_id) {
+                        self.volume_key(volume)?;
+                    }
                 }
             }
         }

@@ -668,6 +668,9 @@ impl Engine {
                 "Re-encrypting a snapshot under another key is not supported yet".to_string(),
             ));
         }
+        if source.encrypted {
+            self.check_key(&format!("snapshot {}", source.id), &source.kms_key_id)?;
+        }
         dry_run(request.dry_run)?;
         let id = IdKind::Snapshot.generate();
         let description = if request.description.is_empty() {

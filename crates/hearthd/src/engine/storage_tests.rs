@@ -524,6 +524,125 @@ fn encrypted_volumes_get_keys_and_their_snapshots_stay_encrypted() {
     let desired = f.engine.desired_state("h-a");
     let spec = desired.instances.iter().find(|i| i.instance_id == instance).unwrap();
     assert_eq!(spec.volumes[1].encryption_key, key);
+    assert!(spec.volumes[1].encrypted && !spec.volumes[0].encrypted);
+    assert!(spec.volumes[0].encryption_key.is_empty());
+}
+
+#[test]
+fn a_missing_key_fails_attach_start_restore_and_copy_and_changes_nothing() {
+    let f = Fixture::new();
+    let vol = f
+        .engine
+        .create_volume(CreateVolumeRequest {
+            availability_zone: ZONE.into(),
+            size_gib: Some(1),
+            encrypted: true,
+            ..CreateVolumeRequest::default()
+        })
+        .unwrap();
+    let key = f.engine.options().keys.load(&vol.kms_key_id).unwrap();
+    let key_file = f.engine.options().keys.dir().join(format!("{}.key", vol.kms_key_id));
+    let hidden = key_file.with_extension("hidden");
+    let hide = || std::fs::rename(&key_file, &hidden).unwrap();
+    let unhide = || std::fs::rename(&hidden, &key_file).unwrap();
+    write_random(&f.file(&vol.id), 0, MIB, 5);
+    let snap = f.snapshot(&vol.id);
+    // The file's length and its written head (the rest is a hole).
+    let contents = || {
+        let path = f.file(&vol.id);
+        let mut head = vec![0u8; 2 * MIB as usize];
+        std::fs::File::open(&path).unwrap().read_exact(&mut head).unwrap();
+        (std::fs::metadata(&path).unwrap().len(), head)
+    };
+    let bytes = contents();
+    let instance = f.stopped_instance();
+    let counts = || {
+        (
+            f.engine.describe_volumes(&[], &[]).unwrap().len(),
+            f.engine.describe_snapshots(&[], &[], &[]).unwrap().len(),
+        )
+    };
+    let before = counts();
+    let kms = |result: Ec2Error| {
+        assert_eq!(result.code(), "InvalidKMSKey.InvalidState", "{result:?}");
+        result.message()
+    };
+
+    hide();
+    // AttachVolume (DryRun too): refused, nothing attached.
+    for dry in [true, false] {
+        let message = kms(f.engine.attach_volume(&vol.id, &instance, "/dev/sdf", dry).unwrap_err());
+        assert!(
+            message.contains(&vol.id) && message.contains(&vol.kms_key_id),
+            "{message}"
+        );
+    }
+    assert_eq!(f.get(&vol.id).state, VolumeState::Available);
+    assert!(f.get(&vol.id).attachment.is_none());
+    // CreateVolume from its snapshot and CopySnapshot: refused, nothing created.
+    let message = kms(f
+        .engine
+        .create_volume(CreateVolumeRequest {
+            availability_zone: ZONE.into(),
+            snapshot_id: snap.id.clone(),
+            ..CreateVolumeRequest::default()
+        })
+        .unwrap_err());
+    assert!(message.contains(&snap.id), "{message}");
+    kms(f
+        .engine
+        .copy_snapshot(CopySnapshotRequest {
+            source_snapshot_id: snap.id.clone(),
+            ..CopySnapshotRequest::default()
+        })
+        .unwrap_err());
+    assert_eq!(counts(), before);
+
+    // With the key back: attached; then StartInstances without it is refused.
+    unhide();
+    f.engine.attach_volume(&vol.id, &instance, "/dev/sdf", false).unwrap();
+    hide();
+    let ids = [instance.clone()];
+    kms(f.engine.start_instances(&ids, false).unwrap_err());
+    let described = |id: &str| {
+        let (reservations, _) = f.engine.describe_instances(&[id.to_string()], &[], 0, "").unwrap();
+        Arc::clone(&reservations[0].instances[0])
+    };
+    let stopped = described(&instance);
+    assert_eq!((stopped.state, stopped.start_generation), (InstanceState::Stopped, 1));
+    // A key that is only damaged (wrong length) is refused the same way.
+    std::fs::write(&key_file, &key[..32]).unwrap();
+    kms(f.engine.start_instances(&ids, false).unwrap_err());
+    std::fs::remove_file(&key_file).unwrap();
+
+    // A key lost after StartInstances accepted it: the agent is told the volume is
+    // encrypted and gets no key (it refuses the start), never a plain disk.
+    unhide();
+    f.engine.start_instances(&ids, false).unwrap();
+    hide();
+    let desired = f.engine.desired_state("h-a");
+    let spec = desired.instances.iter().find(|i| i.instance_id == instance).unwrap();
+    assert!(spec.volumes[1].encrypted, "{:?}", spec.volumes[1]);
+    assert!(spec.volumes[1].encryption_key.is_empty());
+    // The agent's refusal stops the instance with EC2's reason.
+    f.agent(&[ActualReport {
+        instance_id: instance.clone(),
+        phase: "stopped".into(),
+        start_generation: 2,
+        last_exit_reason: hearth_agent::ENCRYPTION_KEY_REASON.into(),
+        last_exit_detail: format!("encrypted volume {} has no usable key", vol.id),
+        ..ActualReport::default()
+    }]);
+    let failed = described(&instance);
+    assert_eq!(failed.state, InstanceState::Stopped);
+    let reason = failed.state_reason.clone().unwrap();
+    assert_eq!(reason.code, "Client.InvalidKMSKey.InvalidState");
+    assert!(reason.message.contains(&vol.id), "{reason:?}");
+    // The volume stays attached and its file as it was.
+    assert_eq!(f.get(&vol.id).state, VolumeState::InUse);
+    assert!(contents() == bytes, "the volume file changed");
+    unhide();
+    f.engine.start_instances(&ids, false).unwrap();
 }
 
 #[test]

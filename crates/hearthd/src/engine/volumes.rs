@@ -163,6 +163,33 @@ impl Engine {
             })
     }
 
+    /// Fails closed unless the key `key_id` of the encrypted `owner` (e.g. `volume vol-…`)
+    /// can be used now: an empty id, a missing or unreadable key file, or a key that is not
+    /// 64 bytes is `InvalidKMSKey.InvalidState`. Called before anything changes.
+    pub(super) fn check_key(&self, owner: &str, key_id: &str) -> Ec2Result<Vec<u8>> {
+        if key_id.is_empty() {
+            return Err(Ec2Error::KmsKeyInvalidState(format!(
+                "{owner} is encrypted but names no key"
+            )));
+        }
+        match self.options.keys.load(key_id) {
+            Ok(key) => Ok(key),
+            Err(Ec2Error::KmsKeyInvalidState(problem)) => {
+                Err(Ec2Error::KmsKeyInvalidState(format!("{owner}: {problem}")))
+            }
+            Err(other) => Err(Ec2Error::KmsKeyInvalidState(format!("{owner}: {}", other.message()))),
+        }
+    }
+
+    /// [`Engine::check_key`] for a volume: its key, `None` for a plain volume.
+    pub(super) fn volume_key(&self, volume: &Volume) -> Ec2Result<Option<Vec<u8>>> {
+        if !volume.encrypted && volume.kms_key_id.is_empty() {
+            return Ok(None);
+        }
+        self.check_key(&format!("volume {}", volume.id), &volume.kms_key_id)
+            .map(Some)
+    }
+
     /// CreateVolume: a blank volume is `available` at once (its file is created sparse when
     /// an instance first starts with it); from a snapshot it is `creating` until the
     /// snapshot is restored into its file.
@@ -235,12 +262,24 @@ impl Engine {
                 "Creating an encrypted volume from an unencrypted snapshot is not supported yet".to_string(),
             ));
         }
+        // The key the volume will use must be usable now: a volume from an encrypted
+        // snapshot whose key is gone could never be attached.
+        match &snapshot {
+            Some(snapshot) if snapshot.encrypted => {
+                self.check_key(&format!("snapshot {}", snapshot.id), &snapshot.kms_key_id)?;
+            }
+            _ if !request.kms_key_id.is_empty() => {
+                self.check_key("the requested key", &request.kms_key_id)?;
+            }
+            _ => {}
+        }
         dry_run(request.dry_run)?;
+        let mut new_keys = crate::kms::NewKeys::new(&self.options.keys);
         let kms_key_id = match &snapshot {
             Some(snapshot) if snapshot.encrypted => snapshot.kms_key_id.clone(),
             _ if !encrypted => String::new(),
             _ if !request.kms_key_id.is_empty() => request.kms_key_id.clone(),
-            _ => self.options.keys.create()?,
+            _ => new_keys.create()?,
         };
         let volume = Volume {
             id: IdKind::Volume.generate(),
@@ -274,6 +313,7 @@ impl Engine {
                 ..Changes::default()
             },
         )?;
+        new_keys.keep();
         drop(inner);
         if let Some(snapshot) = snapshot {
             self.restore_in_background(volume.clone(), snapshot);
@@ -391,6 +431,8 @@ impl Engine {
                 volume.id, volume.host_id, instance.id, instance.host_id
             )));
         }
+        // Fail closed: an encrypted volume is never attached without a usable key.
+        self.volume_key(volume)?;
         if instance.block_devices.iter().any(|d| d.device_name == device) {
             return Err(Ec2Error::InvalidParameterValue(format!(
                 "Attachment point {device} is already in use"

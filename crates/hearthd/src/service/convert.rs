@@ -421,6 +421,7 @@ pub(crate) fn desired(instance: engine::DesiredInstance) -> pb::DesiredInstance 
                 size_bytes: volume.size_bytes as i64,
                 read_only: volume.read_only,
                 delete_on_termination: volume.delete_on_termination,
+                encrypted: volume.encrypted,
                 encryption_key: volume.encryption_key,
                 limits: Some(pb::DiskLimits {
                     ops_per_sec: volume.limits.ops_per_sec,
