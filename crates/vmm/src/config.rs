@@ -115,6 +115,10 @@ pub struct VmConfig {
     /// Where the ACPI tables are also written as files (for `iasl -d`), if set.
     #[serde(default)]
     pub dump_acpi: Option<PathBuf>,
+    /// Confine the VMM before the guest runs (capabilities dropped, rlimits, seccomp
+    /// allowlists; `sandbox.rs`). Off only for debugging.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
 
 fn default_vcpus() -> u8 {
@@ -285,6 +289,7 @@ impl VmConfig {
         let mut console = None;
         let mut control_socket = None;
         let mut dump_acpi = None;
+        let mut seccomp = None;
         let mut iter = args.iter();
         while let Some(flag) = iter.next() {
             let mut value = |name: &str| {
@@ -314,6 +319,7 @@ impl VmConfig {
                 "--disk" => disks.push(parse_disk(&value(flag)?)?),
                 "--net" => nics.push(parse_net(&value(flag)?)?),
                 "--no-rng" => rng = Some(false),
+                "--no-seccomp" => seccomp = Some(false),
                 "--console" => {
                     console = Some(match value(flag)?.as_str() {
                         "stdout" => ConsoleConfig::Stdout,
@@ -348,6 +354,7 @@ impl VmConfig {
                 console: ConsoleConfig::Stdout,
                 control_socket: None,
                 dump_acpi: None,
+                seccomp: true,
             },
         };
         // Flags override the file.
@@ -370,6 +377,9 @@ impl VmConfig {
         config.nics.extend(nics);
         if let Some(v) = rng {
             config.rng = v;
+        }
+        if let Some(v) = seccomp {
+            config.seccomp = v;
         }
         if let Some(v) = console {
             config.console = v;
@@ -405,6 +415,8 @@ usage: hearth-vmm [--config FILE.json] [flags]
   --control-socket PATH    Unix socket for info/power-button/pause/resume/kill,
                            snapshot-disk/dirty-info
   --dump-acpi DIR          also write the ACPI tables to DIR (for iasl -d)
+  --no-seccomp             do not confine the VMM (capabilities, rlimits, seccomp);
+                           for debugging only
 exit status: 0 guest power-off, 1 configuration error, 2 VMM error,
              3 guest reboot, 4 guest crash, 5 killed";
 

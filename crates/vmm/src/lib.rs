@@ -12,6 +12,7 @@ pub mod devices;
 pub mod events;
 pub mod exit;
 pub mod layout;
+pub mod sandbox;
 pub mod vcpu;
 pub mod vmm;
 

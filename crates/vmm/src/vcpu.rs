@@ -2,7 +2,7 @@
 //! turns guest shutdowns and crashes into exit reasons, and parks on pause.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::coalesced::CoalescedRing;
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, VmExit};
+use crate::sandbox::{Filters, ThreadKind};
 
 /// Signal used to kick a vCPU out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -59,6 +60,8 @@ impl VcpuControl {
 pub struct Vcpus {
     handles: Vec<JoinHandle<()>>,
     control: Arc<VcpuControl>,
+    /// Held by every vCPU thread before its first `KVM_RUN` until [`Vcpus::release`].
+    start: Arc<Barrier>,
 }
 
 impl Vcpus {
@@ -68,16 +71,24 @@ impl Vcpus {
         io: Arc<Bus>,
         mmio: Arc<Bus>,
         coalesced: Option<Arc<CoalescedRing>>,
+        filters: Option<Arc<Filters>>,
         exit: Arc<VmExit>,
     ) -> std::io::Result<Self> {
         let control = Arc::new(VcpuControl::default());
+        let start = Arc::new(Barrier::new(vcpus.len() + 1));
         let mut handles = Vec::with_capacity(vcpus.len());
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let (io, mmio, exit, control) = (io.clone(), mmio.clone(), exit.clone(), control.clone());
-            let coalesced = coalesced.clone();
+            let (coalesced, filters, start) = (coalesced.clone(), filters.clone(), start.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    if let Some(filters) = &filters {
+                        if let Err(e) = filters.install(ThreadKind::Vcpu) {
+                            exit.request(ExitReason::VmmError(format!("sandbox: vcpu{index}: {e}")));
+                        }
+                    }
+                    start.wait();
                     run_vcpu(index, vcpu, &io, &mmio, coalesced.as_deref(), &exit, &control);
                     // Writes queued just before the end still reach the console.
                     if let Some(ring) = &coalesced {
@@ -86,7 +97,16 @@ impl Vcpus {
                 })?;
             handles.push(handle);
         }
-        Ok(Self { handles, control })
+        Ok(Self {
+            handles,
+            control,
+            start,
+        })
+    }
+
+    /// Lets the vCPU threads enter the guest (each has installed its filter by then).
+    pub fn release(&self) {
+        self.start.wait();
     }
 
     /// Stops every vCPU at its next exit and waits (up to a second) until all are parked.

@@ -3,8 +3,7 @@
 //! MP table, ACPI → vCPUs. `Vmm::run` starts the vCPUs and runs the event loop (queue
 //! notifications, device fds, control socket, signals) until the VM ends.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,9 +25,11 @@ use crate::coalesced::{CoalescedRing, DRAIN_INTERVAL};
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::control::ControlServer;
 use crate::devices::bus::Bus;
+use crate::devices::console::ConsoleOut;
 use crate::devices::legacy::{AcpiPowerRegisters, BootTimer, PowerButton, SerialConsole, I8042};
 use crate::devices::mmio::{MmioSlot, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::exit::{ExitReason, VmExit};
+use crate::sandbox;
 use crate::vcpu::Vcpus;
 use crate::{events, layout, GuestMemoryMmap};
 
@@ -186,10 +187,8 @@ pub struct Vmm {
     _kvm: Kvm,
 }
 
-fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, BuildError> {
+fn open_console(console: &ConsoleConfig) -> Result<ConsoleOut, BuildError> {
     Ok(match console {
-        // Unbuffered: a process exit must not lose console output.
-        // SAFETY: fd 1 is open for the whole process; dup gives us our own descriptor.
         ConsoleConfig::Stdout => {
             // SAFETY: dup(1) returns a new descriptor we own, or -1 (checked).
             let fd = unsafe { libc::dup(1) };
@@ -199,16 +198,12 @@ fn open_console(console: &ConsoleConfig) -> Result<Box<dyn Write + Send>, BuildE
                 ));
             }
             // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-            Box::new(unsafe { File::from_raw_fd(fd) })
+            ConsoleOut::stream(Box::new(unsafe { File::from_raw_fd(fd) }))
         }
-        ConsoleConfig::Off => Box::new(std::io::sink()),
-        ConsoleConfig::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(host_error(format!("console file {}", path.display())))?,
-        ),
+        ConsoleConfig::Off => ConsoleOut::stream(Box::new(std::io::sink())),
+        ConsoleConfig::File(path) => {
+            ConsoleOut::file(path).map_err(host_error(format!("console file {}", path.display())))?
+        }
     })
 }
 
@@ -549,17 +544,45 @@ impl Vmm {
         if let Err(e) = crate::vcpu::install_kick_handler() {
             return ExitReason::VmmError(format!("vCPU kick signal handler: {e}"));
         }
+        // Confinement: everything the VM needs is open; from here on the VMM makes only the
+        // system calls on its allowlists (sandbox.rs). Capabilities and limits first (vCPU
+        // threads inherit them), then each vCPU thread installs its filter and waits until
+        // this thread has installed its own: no guest instruction runs before all are in.
+        let filters = if self.shared.config.seccomp {
+            let prepared = sandbox::Filters::compile().and_then(|filters| {
+                sandbox::set_rlimits()?;
+                sandbox::drop_capabilities()?;
+                sandbox::install_sigsys_handler(self.shared.start)?;
+                Ok(Arc::new(filters))
+            });
+            match prepared {
+                Ok(filters) => Some(filters),
+                Err(e) => return ExitReason::VmmError(format!("sandbox: {e}")),
+            }
+        } else {
+            None
+        };
         let vcpu_fds = std::mem::take(&mut self.vcpu_fds);
-        match Vcpus::start(
+        let vcpus = match Vcpus::start(
             vcpu_fds,
             self.io_bus.clone(),
             self.mmio_bus.clone(),
             self.coalesced.clone(),
+            filters.clone(),
             self.shared.exit.clone(),
         ) {
-            Ok(vcpus) => *self.shared.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpus),
+            Ok(vcpus) => vcpus,
             Err(e) => return ExitReason::VmmError(format!("start vCPU threads: {e}")),
+        };
+        if let Some(filters) = &filters {
+            if let Err(e) = filters.install(sandbox::ThreadKind::EventLoop) {
+                self.shared
+                    .exit
+                    .request(ExitReason::VmmError(format!("sandbox: event loop: {e}")));
+            }
         }
+        vcpus.release();
+        *self.shared.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpus);
         events::emit(
             "vm-started",
             serde_json::json!({

@@ -882,3 +882,134 @@ fn console_output_of_a_guest_that_halts_arrives_while_it_runs() {
         "the guest should still be hanging"
     );
 }
+
+/// `status` lines of every thread of the VMM `pid`: (thread name, the line's value) for `field`.
+fn thread_status(pid: u32, field: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let value = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let name = value("Name");
+        // KVM's own worker (kvm-nx-lpage-recovery) is listed among the tasks on newer kernels.
+        if name == "hearth-vmm" || name.starts_with("vcpu") {
+            found.push((name, value(field)));
+        }
+    }
+    found
+}
+
+/// A running VMM has confined itself: every thread (the event loop and each vCPU) under a
+/// seccomp filter, with no_new_privs and no capabilities; no core dumps. `--no-seccomp`
+/// leaves it as it was started.
+#[test]
+fn a_running_vmm_is_confined() {
+    require_kvm!();
+    for confined in [true, false] {
+        let dir = TempDir::new("confined");
+        let socket = dir.path("vmm.sock");
+        let mut args = probe_args("probe.ops=wait");
+        args.extend([
+            "--vcpus".into(),
+            "2".into(),
+            "--control-socket".into(),
+            socket.display().to_string(),
+        ]);
+        if !confined {
+            args.push("--no-seccomp".into());
+        }
+        let vmm = spawn_vmm(&args, None);
+        wait_for_path(&socket, Duration::from_secs(10));
+        assert_eq!(control(&socket, "info")["state"], "running");
+        let pid = vmm.child.id();
+        let seccomp = thread_status(pid, "Seccomp");
+        assert_eq!(seccomp.len(), 3, "the event loop and two vCPU threads: {seccomp:?}");
+        let want = if confined { "2" } else { "0" };
+        assert!(seccomp.iter().all(|(_, mode)| mode == want), "{seccomp:?}");
+        assert!(
+            seccomp.iter().filter(|(name, _)| name.starts_with("vcpu")).count() == 2,
+            "{seccomp:?}"
+        );
+        let no_new_privs = thread_status(pid, "NoNewPrivs");
+        let cap_eff = thread_status(pid, "CapEff");
+        let cap_bnd = thread_status(pid, "CapBnd");
+        if confined {
+            assert!(no_new_privs.iter().all(|(_, v)| v == "1"), "{no_new_privs:?}");
+            assert!(cap_eff.iter().all(|(_, v)| v == "0000000000000000"), "{cap_eff:?}");
+            assert!(cap_bnd.iter().all(|(_, v)| v == "0000000000000000"), "{cap_bnd:?}");
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+            let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+            assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+        } else {
+            assert!(cap_eff.iter().all(|(_, v)| v != "0000000000000000"), "{cap_eff:?}");
+        }
+        // Still fully working under the filters: the power button and a clean power-off.
+        assert_eq!(control(&socket, r#"{"cmd":"power-button"}"#)["ok"], true);
+        let outcome = vmm.wait(Duration::from_secs(30));
+        outcome.assert_line("probe: power button");
+        assert_eq!(outcome.status, 0, "{outcome:?}");
+    }
+}
+
+/// A guest printing without end: the console file stays under its hard limit the whole
+/// time, is trimmed to its last whole lines (saying how much was dropped), and the guest
+/// and the VMM go on working (the power button still powers it off).
+#[test]
+fn a_guest_printing_without_end_keeps_its_console_file_bounded() {
+    require_kvm!();
+    const HARD_LIMIT: u64 = 1 << 20;
+    let dir = TempDir::new("flood");
+    let console = dir.path("console.log");
+    let socket = dir.path("vmm.sock");
+    let mut args = probe_args("probe.ops=flood");
+    args.extend([
+        "--console".into(),
+        console.display().to_string(),
+        "--control-socket".into(),
+        socket.display().to_string(),
+    ]);
+    let vmm = spawn_vmm(&args, None);
+    wait_for_path(&socket, Duration::from_secs(10));
+    let (mut largest, mut trims, mut last) = (0u64, 0, 0u64);
+    // Until the file has been trimmed twice (however slowly this machine lets the guest print).
+    let until = Instant::now() + Duration::from_secs(120);
+    while trims < 2 && Instant::now() < until {
+        let size = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        largest = largest.max(size);
+        if size < last {
+            trims += 1;
+        }
+        last = size;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(largest <= HARD_LIMIT, "the console file reached {largest} bytes");
+    assert!(
+        trims > 0,
+        "the console file was never trimmed (largest {largest} bytes)"
+    );
+    assert_eq!(control(&socket, r#"{"cmd":"power-button"}"#)["ok"], true);
+    let outcome = vmm.wait(Duration::from_secs(30));
+    assert_eq!(outcome.status, 0, "{outcome:?}");
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.len() as u64 <= HARD_LIMIT);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("probe: flood ") || first.starts_with("[hearth-vmm: "),
+        "the file starts with a whole line: {first:?}"
+    );
+    // The last line is the guest's, or, when it printed faster than the ticks trimmed (a
+    // loaded machine) and its last lines were dropped, the note saying so.
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        text.ends_with("\nprobe: power button\nprobe: poweroff\n")
+            || (last.starts_with("[hearth-vmm: ") && last.contains("bytes of console output dropped")),
+        "{}\nstderr:\n{}",
+        &text[text.len().saturating_sub(300)..],
+        outcome.stderr
+    );
+}

@@ -199,6 +199,16 @@ fn run(op: &[u8], line: &[u8], boot: &BootParams, devices: &mut [Device]) {
                 io::poweroff();
             }
         },
+        // Console output without end (numbered lines), until the power button.
+        b"flood" => {
+            let mut n: u64 = 0;
+            while !io::power_button_pressed() {
+                say!("flood ", uart::Dec(n), " the quick brown fox jumps over the lazy dog");
+                n = n.wrapping_add(1);
+            }
+            say!("power button");
+            io::poweroff();
+        }
         b"hang" => {
             say!("hanging");
             io::hang()

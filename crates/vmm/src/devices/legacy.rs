@@ -2,7 +2,6 @@
 //! sleep/reset registers (power-off, reboot), the power-button Generic Event Device and
 //! the boot timer.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,6 +10,7 @@ use vm_superio::{I8042Device, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
+use super::console::ConsoleOut;
 use crate::events;
 use crate::exit::{ExitReason, VmExit};
 use crate::layout;
@@ -36,79 +36,19 @@ impl Trigger for ResetTrigger {
     }
 }
 
-/// Console output, written out a line at a time (or [`ConsoleOut::LIMIT`] bytes of a longer
-/// one) instead of one `write(2)` per byte the guest prints: a Linux boot prints ~20 KB. A
-/// partial line (a prompt) waits for [`SerialConsole::flush_output`], which the event loop
-/// calls every 50 ms and the VMM once more at its end; only a VMM killed by SIGKILL loses
-/// what it held, at most 50 ms of an unfinished line.
-pub struct ConsoleOut {
-    out: Box<dyn Write + Send>,
-    pending: Vec<u8>,
-}
-
-impl ConsoleOut {
-    /// Longest run written at once when no newline comes.
-    pub const LIMIT: usize = 4096;
-
-    /// Output to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self {
-            out,
-            pending: Vec::with_capacity(256),
-        }
-    }
-
-    /// Writes out what is held.
-    pub fn write_pending(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let result = self.out.write_all(&self.pending);
-        // Output that cannot be written (full disk, closed pipe) is dropped, never hoarded.
-        self.pending.clear();
-        result
-    }
-}
-
-impl Write for ConsoleOut {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        if buf.contains(&b'\n') || self.pending.len() >= Self::LIMIT {
-            self.write_pending()?;
-        }
-        Ok(buf.len())
-    }
-
-    /// The UART flushes after every byte; holding the line is the point, so this does nothing
-    /// ([`ConsoleOut::write_pending`] writes).
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ConsoleOut {
-    fn drop(&mut self) {
-        let _ = self.write_pending();
-    }
-}
-
 /// COM1: a 16550A-compatible UART whose output is the console.
 pub struct SerialConsole(Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>>);
 
 impl SerialConsole {
     /// A UART writing to `out`, interrupting through `irq`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Self(Mutex::new(Serial::new(IrqTrigger(irq), ConsoleOut::new(out))))
+    pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
+        Self(Mutex::new(Serial::new(IrqTrigger(irq), out)))
     }
 
-    /// Writes out a partial line the console holds.
+    /// Writes out a partial line the console holds, and keeps a console file within its
+    /// bounds ([`ConsoleOut::tick`]).
     pub fn flush_output(&self) {
-        let _ = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .writer_mut()
-            .write_pending();
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).writer_mut().tick();
     }
 }
 
@@ -288,6 +228,7 @@ impl BusDevice for BootTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn s5_write_powers_off_and_reset_register_reboots() {
@@ -351,7 +292,10 @@ mod tests {
             }
         }
         let out = Shared::default();
-        let serial = SerialConsole::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Box::new(out.clone()));
+        let serial = SerialConsole::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ConsoleOut::stream(Box::new(out.clone())),
+        );
         for b in b"hi" {
             serial.write(0, &[*b]);
         }
@@ -364,10 +308,10 @@ mod tests {
         }
         assert_eq!(out.0.lock().unwrap().as_slice(), b"hi there\n");
         // A line longer than the limit is written in pieces of the limit.
-        for _ in 0..ConsoleOut::LIMIT {
+        for _ in 0..ConsoleOut::LINE_LIMIT {
             serial.write(0, b"x");
         }
-        assert_eq!(out.0.lock().unwrap().len(), "hi there\n".len() + ConsoleOut::LIMIT);
+        assert_eq!(out.0.lock().unwrap().len(), "hi there\n".len() + ConsoleOut::LINE_LIMIT);
         // What is held when the UART goes away is written then.
         serial.write(0, b"!");
         drop(serial);

@@ -2,5 +2,6 @@
 //! buses that route port and MMIO exits to them.
 
 pub mod bus;
+pub mod console;
 pub mod legacy;
 pub mod mmio;
