@@ -16,6 +16,9 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use hearth_net::throttle::LogLimiter;
+
+use crate::backoff::RebootBackoff;
 use crate::control::{self, SOCKET_FILE};
 use crate::error::{error_chain, AgentError, LaunchError};
 use crate::process::{self, ProcessState};
@@ -155,6 +158,9 @@ struct Vmm {
     pending: Option<InstanceState>,
     /// This start replaces a VMM of a running instance (guest reboot, reboot request).
     restart: bool,
+    /// When the agent saw this launched VMM run (`None` for an adopted one: its uptime is
+    /// unknown).
+    started: Option<Instant>,
 }
 
 impl Vmm {
@@ -193,6 +199,10 @@ struct Instance {
     stop: Option<StopRequest>,
     /// Set once terminated: the volumes deleted.
     deleted_volumes: Option<Vec<String>>,
+    /// Reboot-loop backoff (docs/control-plane.md, "Agent rules").
+    backoff: RebootBackoff,
+    /// Log lines the guest can trigger (its reboots) are rate limited.
+    log_limit: LogLimiter<()>,
 }
 
 impl Instance {
@@ -203,6 +213,15 @@ impl Instance {
             vmm: None,
             stop: None,
             deleted_volumes: None,
+            backoff: RebootBackoff::default(),
+            log_limit: LogLimiter::default(),
+        }
+    }
+
+    /// Logs a line the guest can cause at will (a reboot), rate limited per instance.
+    fn guest_log(&mut self, id: &str, message: std::fmt::Arguments<'_>) {
+        if let Some(line) = self.log_limit.format(&(), message, Instant::now()) {
+            log(id, format_args!("{line}"));
         }
     }
 
@@ -231,19 +250,49 @@ impl Instance {
         }
     }
 
-    /// Records the end of the VMM `pid`, read from `vmm.log` and the wait status.
-    fn record_exit(&mut self, id: &str, pid: i32, wait_status: Option<i32>, unix_ms: i64) {
-        let record = exit_record(&self.dir.join(LOG_FILE), self.state.log_offset, wait_status, pid);
+    /// Records the end of the VMM `pid`, read from `vmm.log` and the wait status; `uptime`
+    /// is how long it ran (`None`: unknown). Returns how long the restart of a guest in a
+    /// reboot loop must wait (zero: none).
+    fn record_exit(
+        &mut self,
+        id: &str,
+        pid: i32,
+        wait_status: Option<i32>,
+        unix_ms: i64,
+        uptime: Option<Duration>,
+    ) -> Duration {
+        let mut record = exit_record(&self.dir.join(LOG_FILE), self.state.log_offset, wait_status, pid);
         let reboot_requested = self.stop.as_ref().is_some_and(|s| s.purpose == StopPurpose::Reboot);
-        log(
-            id,
-            format_args!(
-                "VMM pid {pid} ended: {}{}{}",
-                record.reason,
-                if record.detail.is_empty() { "" } else { ": " },
-                record.detail
-            ),
+        let guest_reboot = record.reason == "guest-reboot" && !reboot_requested;
+        let delay = if guest_reboot {
+            self.backoff.record_reboot(uptime, Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        if !delay.is_zero() {
+            let note = format!(
+                "reboot loop ({} reboots in a row, each up less than {} s): restart in {} s",
+                self.backoff.quick_reboots(),
+                crate::backoff::STABLE_UPTIME.as_secs(),
+                delay.as_secs()
+            );
+            record.detail = if record.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", record.detail)
+            };
+        }
+        let line = format!(
+            "VMM pid {pid} ended: {}{}{}",
+            record.reason,
+            if record.detail.is_empty() { "" } else { ": " },
+            record.detail
         );
+        if guest_reboot {
+            self.guest_log(id, format_args!("{line}"));
+        } else {
+            log(id, format_args!("{line}"));
+        }
         self.state.restart_pending = record.reason == "guest-reboot" || reboot_requested;
         self.state.last_exit_reason = record.reason;
         self.state.last_exit_detail = record.detail;
@@ -252,6 +301,7 @@ impl Instance {
         self.stop = None;
         let _ = std::fs::remove_file(self.dir.join(PID_FILE));
         self.save(id);
+        delay
     }
 
     /// Records a start that failed before a VMM ran: `reason` (`vmm-error`,
@@ -399,7 +449,7 @@ impl Agent {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or_else(now_unix_ms);
-                instance.record_exit(&id, pid, wait_status, ended);
+                instance.record_exit(&id, pid, wait_status, ended, None);
             }
             self.instances.insert(id, instance);
         }
@@ -530,6 +580,7 @@ impl Agent {
                 VmmStatus::Running { .. } => {
                     if let Some(state) = vmm.pending.take() {
                         instance.state = state;
+                        vmm.started = Some(Instant::now());
                     }
                 }
                 VmmStatus::Exited {
@@ -537,10 +588,21 @@ impl Agent {
                     wait_status,
                     unix_ms,
                 } => {
+                    // Launched and ended before it was seen running: it ran (close to) no time.
+                    let mut uptime = vmm.started.map(|at| at.elapsed());
                     if let Some(state) = vmm.pending.take() {
                         instance.state = state;
+                        uptime = Some(Duration::ZERO);
                     }
-                    instance.record_exit(id, pid, wait_status, unix_ms);
+                    let delay = instance.record_exit(id, pid, wait_status, unix_ms, uptime);
+                    if !delay.is_zero() {
+                        // Converge again when the restart is due.
+                        let changes = self.ctx.changes.clone();
+                        self.ctx.runtime.spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            notify(&changes);
+                        });
+                    }
                 }
                 VmmStatus::LaunchFailed { reason, error, unix_ms } => {
                     let state = vmm.pending.take().unwrap_or_else(|| instance.state.clone());
@@ -561,6 +623,9 @@ impl Agent {
                     (phase::TERMINATED, 0, &instance.state)
                 } else {
                     match status {
+                        // A guest reboot waiting out its backoff: EC2 keeps a rebooting
+                        // instance running.
+                        None if instance.state.restart_pending => (phase::RUNNING, 0, &instance.state),
                         None => (phase::STOPPED, 0, &instance.state),
                         // Not started yet: report what ran last (a reboot keeps the
                         // instance running).
@@ -1040,6 +1105,7 @@ impl Context {
             task,
             pending,
             restart,
+            started: None,
         }
     }
 
@@ -1066,13 +1132,15 @@ impl Context {
         next.log_offset = std::fs::metadata(instance.dir.join(LOG_FILE))
             .map(|m| m.len())
             .unwrap_or(0);
-        log(
-            id,
-            format_args!(
-                "starting VMM (start_generation {}, boot {})",
-                next.start_generation, next.boot_count
-            ),
+        let line = format_args!(
+            "starting VMM (start_generation {}, boot {})",
+            next.start_generation, next.boot_count
         );
+        if restart {
+            instance.guest_log(id, line);
+        } else {
+            log(id, line);
+        }
         match LaunchPlan::new(&self.config, instance.dir.clone(), wanted, next.clone(), !restart) {
             Ok(plan) => {
                 instance.vmm = Some(self.supervise(VmmSource::Launch(Box::new(plan)), Some(next), restart));
@@ -1185,8 +1253,12 @@ impl Context {
             None => {
                 let state = &instance.state;
                 if wanted.start_generation > state.start_generation {
+                    instance.backoff.reset();
                     self.launch(id, instance, wanted, false);
-                } else if wanted.start_generation == state.start_generation && state.restart_pending {
+                } else if wanted.start_generation == state.start_generation
+                    && state.restart_pending
+                    && instance.backoff.remaining(Instant::now()).is_zero()
+                {
                     self.launch(id, instance, wanted, true);
                 }
             }
@@ -1212,6 +1284,7 @@ impl Context {
             }
             Some(_) => {}
             None => {
+                instance.backoff.reset();
                 if instance.state.restart_pending {
                     instance.state.restart_pending = false;
                     instance.save(id);
@@ -1424,6 +1497,62 @@ mod tests {
         assert_eq!(std::fs::read(key_file).unwrap(), key);
         drop(agent);
         std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guest_in_a_reboot_loop_is_restarted_with_backoff_and_stays_running() {
+        use crate::backoff::{FIRST_DELAY, FREE_RESTARTS};
+        use std::os::unix::fs::PermissionsExt;
+        let mut config = config("rebootloop");
+        let base = config.run_dir.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&base).unwrap();
+        // A "VMM" whose guest reboots at once: exit status 3.
+        let vmm = base.join("hearth-vmm-reboots");
+        std::fs::write(&vmm, "#!/bin/sh\nexit 3\n").unwrap();
+        std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        config.vmm_binary = vmm;
+        let mut agent = Agent::new(config).unwrap();
+        agent.reconcile(&[wanted("i-1", "running")]);
+        // The first quick reboots restart at once; the next one waits.
+        let started = Instant::now();
+        let actual = wait_until(&mut agent, |a| a[0].last_exit_detail.contains("restart in 1 s")).await;
+        assert!(started.elapsed() < FIRST_DELAY * 5, "{:?}", started.elapsed());
+        assert_eq!(actual[0].last_exit_reason, "guest-reboot");
+        assert_eq!(actual[0].boot_count, FREE_RESTARTS + 1, "{actual:?}");
+        // Waiting out its backoff the instance is still running (no VMM yet).
+        assert_eq!(
+            (actual[0].phase.as_str(), actual[0].pid),
+            (phase::RUNNING, 0),
+            "{actual:?}"
+        );
+        let waiting = Instant::now();
+        let actual = wait_until(&mut agent, |a| a[0].boot_count == FREE_RESTARTS + 2).await;
+        assert!(
+            waiting.elapsed() >= FIRST_DELAY / 2,
+            "restarted after {:?}",
+            waiting.elapsed()
+        );
+        assert_eq!(actual[0].phase, phase::RUNNING);
+        // The next wait doubles; the agent's own timer wakes its loop when it is due.
+        let actual = wait_until(&mut agent, |a| a[0].last_exit_detail.contains("restart in 2 s")).await;
+        assert_eq!(actual[0].boot_count, FREE_RESTARTS + 2, "{actual:?}");
+        let mut changes = agent.subscribe();
+        changes.borrow_and_update();
+        let woke = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+        assert!(woke.is_ok(), "no wake-up when the restart was due");
+        // Stopping ends the loop: the next start begins without delay.
+        let mut stopped = wanted("i-1", "stopped");
+        stopped.start_generation = 1;
+        agent.reconcile(&[stopped]);
+        let actual = wait_until(&mut agent, |a| a[0].phase == phase::STOPPED).await;
+        assert_eq!(actual[0].last_exit_reason, "guest-reboot");
+        let mut again = wanted("i-1", "running");
+        again.start_generation = 2;
+        agent.reconcile(&[again]);
+        let actual = wait_until(&mut agent, |a| a[0].start_generation == 2 && a[0].boot_count >= 2).await;
+        assert_eq!(actual[0].phase, phase::RUNNING);
+        drop(agent);
+        let _ = std::fs::remove_dir_all(base);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod agent;
+mod backoff;
 pub mod control;
 mod error;
 pub mod hostnet;

@@ -148,6 +148,7 @@ pub mod link;
 pub mod model;
 pub mod netns;
 mod nft;
+pub mod throttle;
 
 pub use compile::{
     compile, compile_replacing, removal_script, CompileError, IMDS_ADDR, MARK_CT_ESTABLISHED, MARK_CT_INVALID,
