@@ -27,6 +27,9 @@
 //!   choosing that server and is ignored; a REQUEST for another address gets a NAK. INFORM → ACK with
 //!   the configuration and no lease time. RELEASE and DECLINE change nothing (the address is the
 //!   port's whatever the guest says) and are logged: a DECLINE means the guest saw its address in use.
+//!   A guest sends as many as it likes, so these lines (and the server's receive and send errors)
+//!   are rate limited per MAC ([`crate::throttle::LogLimiter`]: 10 at once, then one per 10 s; the
+//!   next line logged says how many were suppressed); [`DhcpStats`] counts every one.
 //! - **Options** sent with every OFFER and ACK, whatever the parameter request list (option 55)
 //!   asks, which clients accept: 53 type, 54 server identifier, 51 lease time, 58/59 renewal (T1 =
 //!   ½) and rebinding (T2 = ⅞) times, 1 subnet mask, 28 broadcast address, and when the lease has
@@ -47,8 +50,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::throttle::LogLimiter;
 use crate::MacAddr;
 
 /// What one MAC is told.
@@ -158,6 +162,8 @@ pub struct DhcpStats {
     naks: AtomicU64,
     unknown_clients: AtomicU64,
     malformed: AtomicU64,
+    declines: AtomicU64,
+    releases: AtomicU64,
 }
 
 impl DhcpStats {
@@ -184,6 +190,43 @@ impl DhcpStats {
     /// Datagrams that were not a well-formed DHCP request (dropped).
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// DECLINEs received from known clients (logged, rate limited).
+    pub fn declines(&self) -> u64 {
+        self.declines.load(Ordering::Relaxed)
+    }
+
+    /// RELEASEs received from known clients (logged, rate limited).
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::Relaxed)
+    }
+}
+
+/// Log lines of a server, rate limited per client MAC (`None`: the server's own errors).
+type ServerLogs = LogLimiter<Option<MacAddr>>;
+
+/// The (rate-limited) log line for a DECLINE or RELEASE, counting it.
+fn skip_log(logs: &mut ServerLogs, stats: &DhcpStats, device: &str, skip: &Skip, now: Instant) -> Option<String> {
+    match skip {
+        Skip::Decline { mac, ip } => {
+            stats.declines.fetch_add(1, Ordering::Relaxed);
+            let ip = ip.map_or_else(|| "its address".to_string(), |ip| ip.to_string());
+            logs.format(
+                &Some(*mac),
+                format_args!("hearth-net: DHCP on {device}: {mac} declined {ip} (the guest saw it in use)"),
+                now,
+            )
+        }
+        Skip::Release { mac, ip } => {
+            stats.releases.fetch_add(1, Ordering::Relaxed);
+            logs.format(
+                &Some(*mac),
+                format_args!("hearth-net: DHCP on {device}: {mac} released {ip}"),
+                now,
+            )
+        }
+        _ => None,
     }
 }
 
@@ -299,30 +342,28 @@ impl DhcpServer {
     /// Serves until the future is dropped; errors are logged (to standard error) and do not stop it.
     pub async fn run(self) {
         let mut buf = vec![0u8; 4096];
+        let mut logs = ServerLogs::default();
         loop {
             let len = match self.socket.recv_from(&mut buf).await {
                 Ok((len, _)) => len,
                 Err(e) => {
-                    eprintln!("hearth-net: DHCP on {}: receive: {e}", self.device);
+                    logs.eprintln(&None, format_args!("hearth-net: DHCP on {}: receive: {e}", self.device));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             match respond(&buf[..len], self.server_ip, &self.leases) {
-                Ok(reply) => self.send(reply).await,
+                Ok(reply) => self.send(reply, &mut logs).await,
                 Err(Skip::Malformed) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(Skip::UnknownClient) => {
                     self.stats.unknown_clients.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Skip::Decline { mac, ip }) => eprintln!(
-                    "hearth-net: DHCP on {}: {mac} declined {} (the guest saw it in use)",
-                    self.device,
-                    ip.map_or_else(|| "its address".to_string(), |ip| ip.to_string())
-                ),
-                Err(Skip::Release { mac, ip }) => {
-                    eprintln!("hearth-net: DHCP on {}: {mac} released {ip}", self.device)
+                Err(skip @ (Skip::Decline { .. } | Skip::Release { .. })) => {
+                    if let Some(line) = skip_log(&mut logs, &self.stats, &self.device, &skip, Instant::now()) {
+                        eprintln!("{line}");
+                    }
                 }
                 Err(Skip::OtherServer | Skip::Unsupported) => {}
             }
@@ -339,7 +380,7 @@ impl DhcpServer {
         }
     }
 
-    async fn send(&self, reply: Reply) {
+    async fn send(&self, reply: Reply, logs: &mut ServerLogs) {
         // Counted before sending, so that a client holding the reply always finds it counted.
         let counter = match reply.kind {
             OFFER => &self.stats.offers,
@@ -357,7 +398,10 @@ impl DhcpServer {
             result = self.socket.send_to(&reply.packet, broadcast).await;
         }
         if let Err(e) = result {
-            eprintln!("hearth-net: DHCP on {}: send to {to}: {e}", self.device);
+            logs.eprintln(
+                &None,
+                format_args!("hearth-net: DHCP on {}: send to {to}: {e}", self.device),
+            );
         }
     }
 }
@@ -612,6 +656,43 @@ fn build(request: &Request<'_>, kind: u8, yiaddr: Ipv4Addr, server_ip: Ipv4Addr,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decline_and_release_lines_are_rate_limited_per_mac_and_all_counted() {
+        let leases = leases();
+        let other = MacAddr([2, 0, 0, 0, 0, 6]);
+        leases.insert(other, Lease::new(Ipv4Addr::new(10, 0, 0, 6), 24));
+        let stats = DhcpStats::default();
+        let mut logs = ServerLogs::default();
+        let t0 = Instant::now();
+        let decline = packet(MAC, DECLINE, Ipv4Addr::UNSPECIFIED, &[(50, &[10, 0, 0, 5])]);
+        let release = packet(MAC, RELEASE, Ipv4Addr::new(10, 0, 0, 5), &[]);
+        let mut lines = Vec::new();
+        for i in 0..1000 {
+            let datagram = if i % 2 == 0 { &decline } else { &release };
+            let skip = respond(datagram, SERVER, &leases).unwrap_err();
+            lines.extend(skip_log(&mut logs, &stats, "hbr1", &skip, t0));
+        }
+        assert_eq!((stats.declines(), stats.releases()), (500, 500));
+        assert_eq!(lines.len(), crate::throttle::LOG_BURST as usize, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "hearth-net: DHCP on hbr1: 02:00:00:00:00:05 declined 10.0.0.5 (the guest saw it in use)"
+        );
+        // Another guest's lines are not crowded out.
+        let skip = respond(
+            &packet(other, RELEASE, Ipv4Addr::new(10, 0, 0, 6), &[]),
+            SERVER,
+            &leases,
+        )
+        .unwrap_err();
+        assert!(skip_log(&mut logs, &stats, "hbr1", &skip, t0).is_some());
+        // Later, one line that says how many were left out.
+        let later = t0 + crate::throttle::LOG_INTERVAL;
+        let skip = respond(&decline, SERVER, &leases).unwrap_err();
+        let line = skip_log(&mut logs, &stats, "hbr1", &skip, later).unwrap();
+        assert!(line.ends_with("(990 similar lines suppressed)"), "{line}");
+    }
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 5]);
