@@ -302,6 +302,7 @@ fn slow_and_greedy_clients_are_cut_off() {
         request_timeout: Duration::from_millis(500),
         max_connections: 64,
         max_connections_per_client: 2,
+        ..ImdsLimits::default()
     };
     let _listener = listen(&lab, &runtime, &imds, "br0", limits);
     let a = lab.g("a");
@@ -418,4 +419,93 @@ fn the_token_leaves_with_the_hop_limit_as_ip_ttl() {
         .unwrap();
     assert_eq!(token_ttl, Some(3));
     assert_eq!(metadata_ttl, Some(64), "metadata keeps the default TTL");
+}
+
+#[test]
+fn a_flooding_guest_is_throttled_and_another_still_gets_its_answers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let mut lab = lab_or_skip!("a_flooding_guest_is_throttled_and_another_still_gets_its_answers");
+    imds_address(&lab, "br0");
+    guest(&mut lab, "a", "br0", 5, "vpc-a");
+    guest(&mut lab, "b", "br0", 6, "vpc-a");
+    let runtime = runtime();
+    let imds = Imds::new();
+    imds.set_instances(
+        "br0",
+        vec![
+            instance("i-a", Ipv4Addr::new(10, 0, 0, 5), false),
+            instance("i-b", Ipv4Addr::new(10, 0, 0, 6), false),
+        ],
+    );
+    let limits = ImdsLimits::default();
+    let _listener = listen(&lab, &runtime, &imds, "br0", limits.clone());
+    let (a, b) = (lab.g("a"), lab.g("b"));
+
+    // Guest a: 32 threads asking as fast as they can (far beyond its 8 connections and 100
+    // requests per second), 4 of them opening connections and sending nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    // Status → count; 0: closed unanswered or not connected.
+    let seen = Arc::new(Mutex::new(HashMap::<u16, usize>::new()));
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..32)
+        .map(|n| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            a.ns.spawn(&format!("flood-{n}"), move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) =
+                        TcpStream::connect_timeout(&SocketAddr::from((IMDS_ADDR, IMDS_PORT)), Duration::from_secs(1))
+                    else {
+                        *seen.lock().unwrap().entry(0).or_default() += 1;
+                        continue;
+                    };
+                    stream.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+                    if n >= 4 {
+                        let _ = stream.write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n");
+                    }
+                    let mut bytes = Vec::new();
+                    let _ = stream.read_to_end(&mut bytes);
+                    let status = if bytes.is_empty() {
+                        0
+                    } else {
+                        parse_reply(&bytes).status
+                    };
+                    *seen.lock().unwrap().entry(status).or_default() += 1;
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Guest b on the same bridge is answered all along, and quickly.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let asked = Instant::now();
+        let reply = instance_id(b, None);
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!((reply.status, reply.body.as_str()), (200, "i-b"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let seen = seen.lock().unwrap().clone();
+    eprintln!("flood for {elapsed:?}: {seen:?}; b's slowest answer {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "b waited {slowest:?}");
+    // a was throttled: 429s, and no more answers than its bucket allows.
+    assert!(seen.get(&429).copied().unwrap_or(0) > 0, "{seen:?}");
+    let allowed =
+        limits.request_burst_per_client as f64 + limits.requests_per_sec_per_client as f64 * elapsed.as_secs_f64();
+    let answered = seen.get(&200).copied().unwrap_or(0);
+    assert!(
+        (answered as f64) <= allowed,
+        "{answered} answers in {elapsed:?}: {seen:?}"
+    );
+    // Once the flood stops, a's bucket refills and it is answered again.
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = instance_id(a, None);
+    assert_eq!((reply.status, reply.body.as_str()), (200, "i-a"));
 }

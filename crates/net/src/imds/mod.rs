@@ -57,6 +57,18 @@
 //! at most 64 connections per listener at once (further ones wait in the kernel's backlog) and 8 per
 //! client address (further ones are closed at once).
 //!
+//! # Throttling per instance
+//!
+//! The 64 connections of a listener are shared by every guest of its bridge, so each client address
+//! (on a bridge that is one instance: anti-spoofing keeps a guest to its own address) is limited
+//! before it gets there, as EC2 throttles IMDS per instance: at most 8 connections at once, and a
+//! token bucket of 100 requests per second with a burst of 200 (beyond it the answer is `429 Too
+//! Many Requests`, cheaper than a real answer; EC2 documents 429 for throttled IMDS queries and a
+//! limit of 1024 packets per second per interface to its link-local services, about 200 of these
+//! exchanges). A guest flooding the service thus holds at most 8 of the 64 slots and gets 429s,
+//! and another guest on the bridge keeps getting its answers (`tests/imds.rs`,
+//! `a_flooding_guest_is_throttled_and_another_still_gets_its_answers`).
+//!
 //! # What the host needs (bridges, addresses, routes)
 //!
 //! Several VPCs with the same CIDR can sit on one host, so two instances on two bridges can both be

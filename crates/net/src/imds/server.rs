@@ -15,6 +15,10 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::http::{parse_request, HttpError, Request, Response};
 use super::{respond, Imds};
+use crate::throttle::KeyedBuckets;
+
+/// Client addresses whose request rate one listener tracks (idle ones are forgotten beyond).
+const MAX_RATE_CLIENTS: usize = 4096;
 
 /// Bytes read and discarded after the response, waiting for the client to close, so that the close
 /// is a FIN and not a reset (which could destroy the response in flight).
@@ -31,6 +35,12 @@ pub struct ImdsLimits {
     /// Connections of one client address at once; further ones are closed as soon as accepted.
     /// Default 8.
     pub max_connections_per_client: usize,
+    /// Requests per second of one client address (a token bucket refilled at this rate, checked
+    /// when a connection is accepted); beyond it the request is answered `429 Too Many Requests`,
+    /// as EC2 throttles IMDS per instance. Default 100; 0: no limit.
+    pub requests_per_sec_per_client: u32,
+    /// The bucket's size: requests one client may make at once after being idle. Default 200.
+    pub request_burst_per_client: u32,
 }
 
 impl Default for ImdsLimits {
@@ -39,6 +49,8 @@ impl Default for ImdsLimits {
             request_timeout: Duration::from_secs(5),
             max_connections: 64,
             max_connections_per_client: 8,
+            requests_per_sec_per_client: 100,
+            request_burst_per_client: 200,
         }
     }
 }
@@ -244,6 +256,13 @@ async fn accept_loop(imds: Arc<Imds>, device: String, listener: TcpListener, lim
     let device: Arc<str> = device.into();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = ClientCounts::default();
+    let mut rates = (limits.requests_per_sec_per_client > 0).then(|| {
+        KeyedBuckets::new(
+            limits.requests_per_sec_per_client,
+            limits.request_burst_per_client.max(1),
+            MAX_RATE_CLIENTS,
+        )
+    });
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -266,9 +285,13 @@ async fn accept_loop(imds: Arc<Imds>, device: String, listener: TcpListener, lim
         let Some(slot) = ClientSlot::take(&clients, *peer.ip(), limits.max_connections_per_client) else {
             continue;
         };
+        // Checked after the connection cap: a connection closed unanswered costs no token.
+        let throttled = rates
+            .as_mut()
+            .is_some_and(|rates| !rates.try_take(peer.ip(), std::time::Instant::now()));
         let (imds, device, timeout) = (imds.clone(), device.clone(), limits.request_timeout);
         connections.spawn(async move {
-            serve(&imds, &device, stream, *peer.ip(), timeout).await;
+            serve(&imds, &device, stream, *peer.ip(), timeout, throttled).await;
             drop((permit, slot));
         });
     }
@@ -318,11 +341,12 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
     }
 }
 
-/// Serves one connection: one request, one response, close.
-async fn serve(imds: &Imds, device: &str, mut stream: TcpStream, peer: Ipv4Addr, timeout: Duration) {
+/// Serves one connection: one request, one response (`429` when `throttled`), close.
+async fn serve(imds: &Imds, device: &str, mut stream: TcpStream, peer: Ipv4Addr, timeout: Duration, throttled: bool) {
     let (mut response, head_only) = match tokio::time::timeout(timeout, read_request(&mut stream)).await {
         Err(_) | Ok(Err(ReadError::Gone)) => return,
         Ok(Err(ReadError::Http(error))) => (Response::error(error.status()), false),
+        Ok(Ok(request)) if throttled => (Response::error(429), request.method == "HEAD"),
         Ok(Ok(request)) => (respond(imds, device, peer, &request), request.method == "HEAD"),
     };
     if let Some(ttl) = response.ip_ttl {
