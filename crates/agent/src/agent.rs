@@ -760,6 +760,9 @@ struct VmmConfigFile {
 struct NicConfigFile {
     tap: String,
     mac: String,
+    /// The instance type's limits, each direction (`ops` are frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitFile>,
 }
 
 #[derive(Debug, Serialize)]
@@ -782,6 +785,22 @@ struct RateLimitFile {
     ops_burst: u64,
     bytes_per_sec: u64,
     bytes_burst: u64,
+}
+
+/// The VMM limit of a NIC: `None` when unlimited. A bucket size of 0 becomes one second's
+/// worth (hearth-vmm would read 0 as an empty bucket).
+fn nic_rate_limit(limits: &hearth_api::v1::NicLimits) -> Option<RateLimitFile> {
+    let burst = |rate: u64, burst: u64| match (rate, burst) {
+        (0, _) => 0,
+        (rate, 0) => rate,
+        (_, burst) => burst,
+    };
+    (limits.packets_per_sec > 0 || limits.bytes_per_sec > 0).then(|| RateLimitFile {
+        ops_per_sec: limits.packets_per_sec,
+        ops_burst: burst(limits.packets_per_sec, limits.packets_burst),
+        bytes_per_sec: limits.bytes_per_sec,
+        bytes_burst: burst(limits.bytes_per_sec, limits.bytes_burst),
+    })
 }
 
 /// hearth-vmm's disk encryption: the key file (64 bytes, mode 0600, in the run directory).
@@ -909,6 +928,7 @@ impl LaunchPlan {
                     .map(|i| NicConfigFile {
                         tap: i.tap.clone(),
                         mac: i.mac.clone(),
+                        rate_limit: i.limits.as_ref().and_then(nic_rate_limit),
                     })
                     .collect(),
                 rng: true,
@@ -1553,6 +1573,48 @@ mod tests {
         assert_eq!(actual[0].phase, phase::RUNNING);
         drop(agent);
         let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn nic_limits_reach_the_vmm_config_and_absent_ones_mean_unlimited() {
+        use hearth_api::v1::{NetworkInterface, NicLimits};
+        let config = config("niclimits");
+        let mut desired = wanted("i-1", "running");
+        let nic = |limits: Option<NicLimits>| NetworkInterface {
+            tap: "ht0".into(),
+            mac: "02:00:00:00:00:05".into(),
+            limits,
+            ..Default::default()
+        };
+        desired.interfaces = vec![
+            nic(Some(NicLimits {
+                packets_per_sec: 10_000,
+                packets_burst: 500_000,
+                bytes_per_sec: 8_000_000,
+                bytes_burst: 0,
+            })),
+            nic(None),
+            nic(Some(NicLimits::default())),
+        ];
+        let plan = LaunchPlan::new(
+            &config,
+            PathBuf::from("/nonexistent"),
+            &desired,
+            InstanceState::default(),
+            true,
+        )
+        .unwrap();
+        let json = serde_json::to_value(&plan.config).unwrap();
+        assert_eq!(
+            json["nics"][0]["rate_limit"],
+            serde_json::json!({
+                "ops_per_sec": 10_000, "ops_burst": 500_000,
+                // No bucket size given: one second's worth.
+                "bytes_per_sec": 8_000_000, "bytes_burst": 8_000_000,
+            })
+        );
+        assert!(json["nics"][1].get("rate_limit").is_none(), "{json}");
+        assert!(json["nics"][2].get("rate_limit").is_none(), "{json}");
     }
 
     #[tokio::test]

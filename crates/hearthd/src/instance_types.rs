@@ -22,15 +22,76 @@ pub struct InstanceType {
     /// Size of all instance-store disks together, GiB.
     #[serde(default)]
     pub instance_store_gib: u64,
-    /// Network bandwidth.
+    /// Network bandwidth ("up to", what DescribeInstanceTypes shows).
     #[serde(default)]
     pub network_mbps: u32,
+    /// Baseline network bandwidth, the rate a guest keeps once its burst is spent (EC2's
+    /// "baseline bandwidth"). 0: `network_mbps`.
+    #[serde(default)]
+    pub network_baseline_mbps: u32,
     /// EBS bandwidth.
     #[serde(default)]
     pub ebs_mbps: u32,
     /// Burstable (CPU credits).
     #[serde(default)]
     pub burstable: bool,
+}
+
+/// Token buckets of an instance's NIC (hearth-vmm's per-NIC `rate_limit`, each direction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NicLimits {
+    /// Frames per second.
+    pub packets_per_sec: u64,
+    /// Frame bucket size.
+    pub packets_burst: u64,
+    /// Bytes per second.
+    pub bytes_per_sec: u64,
+    /// Byte bucket size.
+    pub bytes_burst: u64,
+}
+
+/// Frames per second allowed per Mbit/s of baseline bandwidth (about 1,250-byte frames at
+/// the baseline; small frames hit this limit first).
+pub const PACKETS_PER_MBPS: u64 = 100;
+/// The fewest frames per second any NIC gets (so a 32 Mbit/s nano still does DNS and ARP at
+/// full speed).
+pub const MIN_PACKETS_PER_SEC: u64 = 10_000;
+
+impl InstanceType {
+    /// The NIC limits of this type: the baseline bandwidth as the refill rate, a bucket of one
+    /// second at the "up to" bandwidth (`network_mbps`) as its burst; frames at
+    /// [`PACKETS_PER_MBPS`] per Mbit/s of either (at least [`MIN_PACKETS_PER_SEC`]). A type
+    /// with neither bandwidth set is unlimited (all zero).
+    pub fn nic_limits(&self) -> NicLimits {
+        let baseline = u64::from(if self.network_baseline_mbps > 0 {
+            self.network_baseline_mbps
+        } else {
+            self.network_mbps
+        });
+        if baseline == 0 {
+            return NicLimits::default();
+        }
+        let peak = baseline.max(u64::from(self.network_mbps));
+        let packets_per_sec = (baseline * PACKETS_PER_MBPS).max(MIN_PACKETS_PER_SEC);
+        NicLimits {
+            packets_per_sec,
+            packets_burst: (peak * PACKETS_PER_MBPS).max(packets_per_sec),
+            bytes_per_sec: baseline * 1_000_000 / 8,
+            bytes_burst: peak * 1_000_000 / 8,
+        }
+    }
+}
+
+/// Baseline bandwidth of the built-in sizes (nano … xlarge), Mbit/s. EC2's published
+/// baselines: t3 doubles from 32 (nano) to 1,024 (xlarge), bursting up to 5 Gbit/s; m5, c5,
+/// r5 and i3 have 750 (large) and 1,250 (xlarge), bursting up to 10 Gbit/s. EC2 has no m5,
+/// c5, r5 or i3 below large: those halve per size down from large.
+fn baseline_mbps(burstable: bool, size_index: usize) -> u32 {
+    if burstable {
+        32 << size_index
+    } else {
+        [46, 93, 187, 375, 750, 1_250][size_index]
+    }
 }
 
 /// The default type of RunInstances.
@@ -110,6 +171,7 @@ impl InstanceTypes {
                         instance_store_disks: u32::from(store_gib[index] > 0),
                         instance_store_gib: store_gib[index],
                         network_mbps,
+                        network_baseline_mbps: baseline_mbps(burstable, index),
                         ebs_mbps: if index < 4 { 2_085 } else { 4_750 },
                         burstable,
                     },
@@ -158,6 +220,52 @@ mod tests {
         );
         assert_eq!(types.get("r5.xlarge").unwrap().memory_mib, 32768);
         assert!(types.get("t3.huge").is_none());
+    }
+
+    #[test]
+    fn nic_limits_follow_the_baseline_and_burst_bandwidth() {
+        let types = InstanceTypes::built_in();
+        let micro = types.get("t3.micro").unwrap();
+        // 0.064 Gbit/s baseline, up to 5 Gbit/s for a second.
+        assert_eq!(
+            micro.nic_limits(),
+            NicLimits {
+                packets_per_sec: 10_000,
+                packets_burst: 500_000,
+                bytes_per_sec: 8_000_000,
+                bytes_burst: 625_000_000,
+            }
+        );
+        let baselines: Vec<u32> = SIZES
+            .iter()
+            .map(|size| types.get(&format!("t3.{size}")).unwrap().network_baseline_mbps)
+            .collect();
+        assert_eq!(baselines, [32, 64, 128, 256, 512, 1024]);
+        let large = types.get("m5.large").unwrap().nic_limits();
+        assert_eq!((large.bytes_per_sec, large.packets_per_sec), (93_750_000, 75_000));
+        assert_eq!(types.get("c5.xlarge").unwrap().nic_limits().bytes_per_sec, 156_250_000);
+        // Bigger sizes never get less.
+        for family in ["t3", "m5", "c5", "r5", "i3"] {
+            let limits: Vec<NicLimits> = SIZES
+                .iter()
+                .map(|size| types.get(&format!("{family}.{size}")).unwrap().nic_limits())
+                .collect();
+            assert!(
+                limits.windows(2).all(|w| w[0].bytes_per_sec < w[1].bytes_per_sec),
+                "{family}"
+            );
+            assert!(limits
+                .iter()
+                .all(|l| l.bytes_burst >= l.bytes_per_sec && l.packets_burst >= l.packets_per_sec));
+        }
+        // A configured type without bandwidth figures is unlimited; with only "up to", that
+        // is its baseline.
+        let mut custom: InstanceType =
+            serde_json::from_str(r#"{"name":"x1.huge","family":"memory","vcpus":8,"memory_mib":65536}"#).unwrap();
+        assert_eq!(custom.nic_limits(), NicLimits::default());
+        custom.network_mbps = 2_000;
+        assert_eq!(custom.nic_limits().bytes_per_sec, 250_000_000);
+        assert_eq!(custom.nic_limits().bytes_burst, 250_000_000);
     }
 
     #[test]

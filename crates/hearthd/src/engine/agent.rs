@@ -154,6 +154,8 @@ pub struct NetworkInterface {
     pub security_group_names: Vec<String>,
     /// DNS servers (DHCP).
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// Token buckets from the instance type (all zero: unlimited, an unknown type).
+    pub limits: crate::instance_types::NicLimits,
 }
 
 /// IMDS facts and options of an instance.
@@ -517,6 +519,12 @@ impl Engine {
                 .filter_map(|id| state.groups.get(id).map(|g| g.name.clone()))
                 .collect(),
             dns: self.options.dns_servers.clone(),
+            limits: self
+                .options
+                .instance_types
+                .get(&instance.instance_type)
+                .map(|t| t.nic_limits())
+                .unwrap_or_default(),
         })
     }
 

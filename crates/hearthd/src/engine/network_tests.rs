@@ -159,6 +159,14 @@ fn the_default_vpc_gives_instances_an_address_a_mac_and_the_default_group() {
     assert_eq!(interface.prefix_len, 20);
     assert_eq!(interface.tap, crate::engine::network::tap_name(&interface.mac));
     assert!(interface.tap.len() <= 15);
+    // The NIC's limits are the instance type's (RunInstances defaults to t3.micro: 64 Mbit/s
+    // baseline, up to 5 Gbit/s).
+    let limits = crate::instance_types::InstanceTypes::built_in()
+        .get(crate::instance_types::DEFAULT_INSTANCE_TYPE)
+        .unwrap()
+        .nic_limits();
+    assert_eq!(interface.limits, limits);
+    assert_eq!(limits.bytes_per_sec, 8_000_000);
     assert!(answer.instances[0].metadata.network_config.contains(&interface.mac));
     assert!(hearth_net::compile(&answer.network.firewall).is_ok());
 }

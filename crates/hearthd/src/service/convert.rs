@@ -456,6 +456,12 @@ pub(crate) fn desired(instance: engine::DesiredInstance) -> pb::DesiredInstance 
                 security_group_ids: i.security_group_ids,
                 security_group_names: i.security_group_names,
                 dns: i.dns.iter().map(|d| d.to_string()).collect(),
+                limits: Some(pb::NicLimits {
+                    packets_per_sec: i.limits.packets_per_sec,
+                    packets_burst: i.limits.packets_burst,
+                    bytes_per_sec: i.limits.bytes_per_sec,
+                    bytes_burst: i.limits.bytes_burst,
+                }),
             })
             .collect(),
         imds: Some(pb::ImdsInfo {
