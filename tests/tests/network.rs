@@ -758,3 +758,79 @@ fn an_agent_restart_keeps_instance_networks_and_rebuilds_its_services() {
         lab.logs()
     );
 }
+
+#[test]
+fn a_source_flooding_the_metadata_service_does_not_starve_a_guest_on_its_bridge() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::start(1);
+    let ami = lab.cloud.register_probe_ami("net-echo", "net-echo");
+    open_default_group(&lab, "172.31.15.250/32");
+    let id = run(&lab, &ami, 1, &[])[0].clone();
+    let ip = lab.wait_probe(&id);
+    let bridge = lab.bridge_of_instance(&id);
+    let c = lab.client(0, &bridge, "172.31.15.250/20", DEFAULT_GATEWAY);
+    let client = lab.get_client(c);
+    const ASK: &str = "http GET /latest/meta-data/instance-id";
+    let who = until(client, ip, ASK, |r| r.ends_with(id.as_str()));
+    assert!(who.ends_with(id.as_str()), "{who}");
+
+    // The flooder: another address on the guest's bridge (a probe VM makes one request at
+    // a time, about 20 a second, well below the limit), 32 threads asking as fast as they
+    // can for 4 s, far beyond the 8 connections and 100 requests per second one source gets.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, usize>::new()));
+    let flooders: Vec<_> = (0..32)
+        .map(|n| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            client
+                .netns
+                .spawn(&format!("imds-flood-{n}"), move || {
+                    let imds = std::net::SocketAddr::from((Ipv4Addr::new(169, 254, 169, 254), 80));
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut status = 0;
+                        if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&imds, Duration::from_secs(1)) {
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(6)));
+                            let _ = stream.write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n");
+                            let mut bytes = Vec::new();
+                            let _ = stream.read_to_end(&mut bytes);
+                            status = String::from_utf8_lossy(&bytes)
+                                .split(' ')
+                                .nth(1)
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                        }
+                        *seen.lock().unwrap().entry(status).or_default() += 1;
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    // Meanwhile the guest asks ten times a second and is answered every time, promptly.
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(4) {
+        let asked = std::time::Instant::now();
+        let answer = client.command(ip, ASK).unwrap_or_else(|| "no answer".into());
+        slowest = slowest.max(asked.elapsed());
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(id.as_str()),
+            "the guest got {answer:?} during the flood ({:?})",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap().unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    eprintln!("flood: {seen:?} (status 0: closed unanswered); the guest's slowest answer {slowest:?}");
+    assert!(slowest < Duration::from_secs(2), "the guest waited {slowest:?}");
+    // The flooder was throttled: 429 Too Many Requests.
+    assert!(seen.get(&429).copied().unwrap_or(0) > 0, "never throttled: {seen:?}");
+}
