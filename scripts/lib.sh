@@ -36,3 +36,20 @@ hearth_moto_server() {
     fi
     echo "$venv/bin/moto_server"
 }
+
+# hearth_import FILE_OR_IMAGE_DIR IMPORT_DIR [NAME]: puts a file, or an image directory (its
+# image.json and files), into hearthd's image import directory (hard links, or copies across
+# file systems) and prints the path there. hearthd's RegisterImage reads files only below its
+# import directory (--image-import-dir, default <data-dir>/import), never through a symlink.
+hearth_import() {
+    local source=$1 import=$2 name=${3:-$(basename "$1")}
+    mkdir -p "$import"
+    rm -rf "${import:?}/$name"
+    if [[ -d $source ]]; then
+        mkdir -p "$import/$name"
+        cp -l "$source"/* "$import/$name/" 2>/dev/null || cp --sparse=always "$source"/* "$import/$name/"
+    else
+        ln "$source" "$import/$name" 2>/dev/null || cp --sparse=always "$source" "$import/$name"
+    fi
+    echo "$import/$name"
+}

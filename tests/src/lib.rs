@@ -347,18 +347,25 @@ impl Cloud {
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("hearth {args:?}: bad JSON ({e})"))
     }
 
+    /// hearthd's image import directory (`<data dir>/import`): RegisterImage reads files only there.
+    pub fn import_dir(&self) -> PathBuf {
+        self.dir.join("import")
+    }
+
     /// Registers the probe guest as an AMI whose guest runs `ops` (probe.ops=) with a
-    /// 16 MiB root disk image; returns the AMI ID.
+    /// 16 MiB root disk image (both put into the import directory first); returns the AMI ID.
     pub fn register_probe_ami(&self, name: &str, ops: &str) -> String {
-        let root = self.dir.join(format!("{name}-root.img"));
+        let root = self.import_dir().join(format!("{name}-root.img"));
+        std::fs::create_dir_all(self.import_dir()).unwrap();
         std::fs::write(&root, vec![0u8; 16 << 20]).unwrap();
+        let kernel = import_file(&self.import_dir(), &probe_kernel(), &format!("{name}-kernel"));
         let cmdline = format!("console=ttyS0 probe.ops={ops}");
         let image = self.cli_json(&[
             "register-image",
             "--name",
             name,
             "--kernel",
-            probe_kernel().to_str().unwrap(),
+            kernel.to_str().unwrap(),
             "--root-image",
             root.to_str().unwrap(),
             "--command-line",
@@ -452,6 +459,35 @@ impl Cloud {
 }
 
 /// True while `pid` exists (and is not a zombie).
+/// Puts `source` into the image import directory `import_dir` as `name` (a hard link, or a
+/// copy across file systems) and answers its path there: hearthd's RegisterImage reads files
+/// only from its import directory.
+pub fn import_file(import_dir: &Path, source: &Path, name: &str) -> PathBuf {
+    let target = import_dir.join(name);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    let _ = std::fs::remove_file(&target);
+    if std::fs::hard_link(source, &target).is_err() {
+        std::fs::copy(source, &target)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), target.display()));
+    }
+    target
+}
+
+/// Puts an image directory's manifest and the files it names into `import_dir/subdir` (see
+/// [`import_file`]) and answers the manifest's path there.
+pub fn import_manifest(import_dir: &Path, manifest: &Path, subdir: &str) -> PathBuf {
+    let source = manifest.parent().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    for role in ["kernel", "initrd", "root"] {
+        if let Some(path) = json[role]["path"].as_str() {
+            import_file(import_dir, &source.join(path), &format!("{subdir}/{path}"));
+        }
+    }
+    import_file(import_dir, manifest, &format!("{subdir}/image.json"))
+}
+
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat

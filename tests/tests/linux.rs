@@ -121,9 +121,10 @@ mod lab {
         let mut steps = Steps::new();
         let mut lab = Lab::start_with_local_host(1);
         let image = build_image("minimal", None);
+        let manifest = hearth_e2e::import_manifest(&lab.cloud.import_dir(), &image.manifest, "minimal");
         let ami = s(&lab
             .cloud
-            .cli_json(&["register-image", "--image-location", image.manifest.to_str().unwrap()])["ImageId"]);
+            .cli_json(&["register-image", "--image-location", manifest.to_str().unwrap()])["ImageId"]);
         let dir = TempDir::new("linux");
         let (key, public) = ssh_key(&dir);
         lab.cloud

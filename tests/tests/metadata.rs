@@ -61,7 +61,7 @@ fn image_import_and_metadata_disk() {
     let store = cloud.dir.join("images");
 
     // A tampered copy of the image is refused, naming the file; the store holds nothing of it.
-    let tampered = cloud.dir.join("tampered");
+    let tampered = cloud.import_dir().join("tampered");
     std::fs::create_dir_all(&tampered).unwrap();
     let source = Path::new(&manifest).parent().unwrap();
     for entry in std::fs::read_dir(source).unwrap() {
@@ -86,7 +86,20 @@ fn image_import_and_metadata_disk() {
     );
     assert_eq!(files_under(&store), before, "nothing half-imported stays");
 
-    // The real one imports; DescribeImages shows where it came from.
+    // Outside the import directory, the real one is refused: hearthd reads no other host path.
+    let outside = cloud.cli(&["register-image", "--image-location", &manifest]);
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(!outside.status.success());
+    assert!(
+        stderr.contains("InvalidParameterValue") && stderr.contains("outside the image import directory"),
+        "{stderr}"
+    );
+    assert_eq!(files_under(&store), before, "nothing imported");
+
+    // Put into the import directory, it imports; DescribeImages shows where it came from.
+    let manifest = hearth_e2e::import_manifest(&cloud.import_dir(), Path::new(&manifest), "probe")
+        .display()
+        .to_string();
     let ami = cloud.cli_json(&["register-image", "--image-location", &manifest])["ImageId"]
         .as_str()
         .unwrap()

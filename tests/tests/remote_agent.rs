@@ -188,14 +188,16 @@ fn agent_over_tls_tcp_runs_an_instance() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let root = dir.join("root.img");
+    // RegisterImage reads only hearthd's import directory (<data dir>/import).
+    let root = data.join("import/root.img");
     std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+    let kernel = hearth_e2e::import_file(&data.join("import"), &probe_kernel(), "hearth-probe");
     let image = hearth(&[
         "register-image",
         "--name",
         "probe",
         "--kernel",
-        probe_kernel().to_str().unwrap(),
+        kernel.to_str().unwrap(),
         "--root-image",
         root.to_str().unwrap(),
         "--command-line",

@@ -745,11 +745,11 @@ pub struct ModifyInstanceAttribute {
     /// New user data, while stopped: text or file://PATH (also Value=...)
     #[arg(long, value_name = "DATA")]
     pub user_data: Option<String>,
-    /// New kernel path on the hearthd host, while stopped
-    #[arg(long, value_name = "PATH")]
+    /// While stopped, boot the kernel of this registered image (an image ID; "" = the instance's own)
+    #[arg(long, value_name = "IMAGE_ID")]
     pub kernel: Option<String>,
-    /// New initrd path on the hearthd host, while stopped
-    #[arg(long, value_name = "PATH")]
+    /// While stopped, boot the initrd of this registered image (an image ID; "" = the instance's own)
+    #[arg(long, value_name = "IMAGE_ID")]
     pub ramdisk: Option<String>,
     /// Replace the instance's security groups (IDs; alone, not with other attributes)
     #[arg(long, num_args = 1.., value_name = "ID")]
@@ -770,19 +770,26 @@ pub struct RegisterImage {
     /// Image name [default with --image-location: the manifest's]
     #[arg(long, required_unless_present = "image_location")]
     pub name: Option<String>,
-    /// An image directory's manifest (image.json) on the hearthd host, imported with its checksums verified
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initrd", "root_image", "root_snapshot_id"])]
+    /// An image directory's manifest (image.json) in hearthd's image import directory (relative to it, or
+    /// absolute inside it; no symlinks, no ..), imported with its checksums verified
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initrd", "root_image", "root_snapshot_id", "kernel_id", "ramdisk_id"])]
     pub image_location: Option<PathBuf>,
-    /// Kernel (bzImage or ELF vmlinux) path on the hearthd host
-    #[arg(long, value_name = "PATH")]
+    /// Kernel (bzImage or ELF vmlinux) in hearthd's image import directory
+    #[arg(long, value_name = "PATH", conflicts_with = "kernel_id")]
     pub kernel: Option<PathBuf>,
-    /// Initrd path on the hearthd host
-    #[arg(long, value_name = "PATH")]
+    /// Initrd in hearthd's image import directory
+    #[arg(long, value_name = "PATH", conflicts_with = "ramdisk_id")]
     pub initrd: Option<PathBuf>,
-    /// Raw root disk image path on the hearthd host
+    /// Raw root disk image in hearthd's image import directory
     #[arg(long, value_name = "PATH", conflicts_with = "root_snapshot_id")]
     pub root_image: Option<PathBuf>,
-    /// EBS-backed image: the snapshot of its root device (with --kernel)
+    /// The kernel of this registered image (an image ID) instead of --kernel
+    #[arg(long, value_name = "IMAGE_ID")]
+    pub kernel_id: Option<String>,
+    /// The initrd of this registered image (an image ID) instead of --initrd
+    #[arg(long, value_name = "IMAGE_ID")]
+    pub ramdisk_id: Option<String>,
+    /// EBS-backed image: the snapshot of its root device (with --kernel or --kernel-id)
     #[arg(long, value_name = "ID")]
     pub root_snapshot_id: Option<String>,
     /// Default kernel command line
@@ -1215,7 +1222,14 @@ mod tests {
         assert_eq!(exit(&["copy-snapshot"]), 2);
         // --name is needed without a manifest; a manifest excludes the kernel, initrd, root image and snapshot.
         assert_eq!(exit(&["register-image", "--kernel", "/k", "--root-image", "/r"]), 2);
-        for excluded in ["--kernel", "--initrd", "--root-image", "--root-snapshot-id"] {
+        for excluded in [
+            "--kernel",
+            "--initrd",
+            "--root-image",
+            "--root-snapshot-id",
+            "--kernel-id",
+            "--ramdisk-id",
+        ] {
             assert_eq!(
                 exit(&["register-image", "--image-location", "/i/image.json", excluded, "x"]),
                 2,
@@ -1234,6 +1248,15 @@ mod tests {
                 "--root-snapshot-id",
                 "s"
             ]),
+            2
+        );
+        let both = ["register-image", "--name", "n", "--root-image", "r"];
+        assert_eq!(
+            exit(&[&both[..], &["--kernel", "k", "--kernel-id", "ami-1"]].concat()),
+            2
+        );
+        assert_eq!(
+            exit(&[&both[..], &["--initrd", "i", "--ramdisk-id", "ami-1"]].concat()),
             2
         );
         assert!(parse(&["register-image", "--image-location", "/i/image.json"]).is_ok());

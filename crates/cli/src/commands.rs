@@ -361,22 +361,19 @@ const DEFAULT_ROOT_DEVICE_NAME: &str = "/dev/xvda";
 /// The RegisterImage request of `register-image`: from a manifest (`--image-location`), or from a kernel
 /// and a root disk image or snapshot.
 pub fn register_image_request(args: &RegisterImage) -> Result<api::RegisterImageRequest, CliError> {
-    let path = |flag: &str, path: &Option<PathBuf>| -> Result<String, CliError> {
-        match path {
-            Some(path) => Ok(params::absolute_path(flag, path)?.display().to_string()),
-            None => Ok(String::new()),
-        }
-    };
+    // Paths name files in hearthd's image import directory (relative to it, or absolute inside it):
+    // sent as given, never resolved against this shell's directory.
+    let path = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let block_device_mappings = params::block_device_mappings("--block-device-mappings", &args.block_device_mappings)?;
     if args.image_location.is_none() {
         let root_device_name = args.root_device_name.as_deref().unwrap_or(DEFAULT_ROOT_DEVICE_NAME);
         let mapped_root_snapshot = block_device_mappings.iter().any(|m| {
             m.device_name == root_device_name && m.ebs.as_ref().is_some_and(|ebs| !ebs.snapshot_id.is_empty())
         });
-        if args.kernel.is_none() {
+        if args.kernel.is_none() && args.kernel_id.is_none() {
             return Err(CliError::Usage(
-                "register-image: give --image-location PATH (an image.json manifest), or --kernel PATH with \
-                 --root-image PATH or --root-snapshot-id ID"
+                "register-image: give --image-location PATH (an image.json manifest), or --kernel PATH (or \
+                 --kernel-id IMAGE_ID) with --root-image PATH or --root-snapshot-id ID"
                     .into(),
             ));
         }
@@ -391,16 +388,18 @@ pub fn register_image_request(args: &RegisterImage) -> Result<api::RegisterImage
         name: non_empty(args.name.clone()),
         description: non_empty(args.description.clone()),
         architecture: non_empty(args.architecture.clone()),
-        kernel_path: path("--kernel", &args.kernel)?,
-        initrd_path: path("--initrd", &args.initrd)?,
-        root_image_path: path("--root-image", &args.root_image)?,
+        kernel_path: path(&args.kernel),
+        initrd_path: path(&args.initrd),
+        root_image_path: path(&args.root_image),
         root_device_name: non_empty(args.root_device_name.clone()),
         root_device_type: args.root_device_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
         command_line: non_empty(args.command_line.clone()),
         block_device_mappings,
         dry_run: args.dry_run.dry_run,
-        image_location: path("--image-location", &args.image_location)?,
+        image_location: path(&args.image_location),
         root_snapshot_id: non_empty(args.root_snapshot_id.clone()),
+        kernel_id: non_empty(args.kernel_id.clone()),
+        ramdisk_id: non_empty(args.ramdisk_id.clone()),
     })
 }
 
@@ -1790,7 +1789,7 @@ mod tests {
     }
 
     #[test]
-    fn register_image_paths_are_made_absolute() {
+    fn register_image_paths_are_sent_as_given_for_the_import_directory() {
         let Command::RegisterImage(args) = command(&[
             "register-image",
             "--name",
@@ -1807,8 +1806,7 @@ mod tests {
             panic!()
         };
         let request = register_image_request(&args).unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(request.kernel_path, cwd.join("vmlinux").display().to_string());
+        assert_eq!(request.kernel_path, "vmlinux", "relative to hearthd's import directory");
         assert_eq!(request.root_image_path, "/images/root.img");
         assert_eq!(request.initrd_path, "");
         assert_eq!(request.command_line, "console=ttyS0 root=/dev/vda");
@@ -1827,11 +1825,7 @@ mod tests {
     #[test]
     fn register_image_from_a_manifest_or_a_snapshot() {
         let request = register(&["--image-location", "images/alpine/image.json"]).unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(
-            request.image_location,
-            cwd.join("images/alpine/image.json").display().to_string()
-        );
+        assert_eq!(request.image_location, "images/alpine/image.json");
         assert_eq!(request.name, "", "the manifest's name");
         assert_eq!(
             (request.kernel_path.as_str(), request.root_image_path.as_str()),
@@ -1850,6 +1844,26 @@ mod tests {
         assert_eq!(request.root_snapshot_id, "snap-0001");
         assert_eq!(request.kernel_path, "/k/vmlinux");
         assert_eq!(request.image_location, "");
+
+        let request = register(&[
+            "--name",
+            "web",
+            "--kernel-id",
+            "ami-0123456789abcdef0",
+            "--ramdisk-id",
+            "ami-0123456789abcdef1",
+            "--root-snapshot-id",
+            "snap-0001",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                request.kernel_id.as_str(),
+                request.ramdisk_id.as_str(),
+                request.kernel_path.as_str()
+            ),
+            ("ami-0123456789abcdef0", "ami-0123456789abcdef1", "")
+        );
 
         let mapped = register(&[
             "--name",

@@ -1,7 +1,5 @@
 //! Flag values as aws takes them (shorthand, JSON, `file://`) turned into `hearth.v1` request parts.
 
-use std::path::{Path, PathBuf};
-
 use hearth_api::v1::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceMetadataOptions, IpPermission, IpRange, Tag, TagSpecification,
     UserIdGroupPair,
@@ -33,11 +31,6 @@ fn paramfile_path(value: &str) -> Option<&str> {
 
 fn unreadable(flag: &str, value: &str, error: std::io::Error) -> CliError {
     CliError::parameter(flag, format!("Unable to load paramfile {value}: {error}"))
-}
-
-/// A file path handed to hearthd, made absolute: hearthd does not share the CLI's working directory.
-pub fn absolute_path(flag: &str, path: &Path) -> Result<PathBuf, CliError> {
-    std::path::absolute(path).map_err(|e| CliError::parameter(flag, format!("{}: {e}", path.display())))
 }
 
 /// The structures given to a list flag, each value shorthand (`Key=a,Value=b`) or JSON (an object, or an
@@ -458,7 +451,7 @@ mod tests {
         values.iter().map(|s| s.to_string()).collect()
     }
 
-    fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+    fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
         let path = std::env::temp_dir().join(format!("hearth-cli-test-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         path

@@ -35,9 +35,9 @@ fn time(mut f: impl FnMut()) -> Duration {
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("hearthd-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("vmlinux"), b"k").unwrap();
-    std::fs::write(dir.join("root.img"), b"r").unwrap();
+    std::fs::create_dir_all(dir.join("import")).unwrap();
+    std::fs::write(dir.join("import/vmlinux"), b"k").unwrap();
+    std::fs::write(dir.join("import/root.img"), b"r").unwrap();
     let engine = Arc::new(open(&dir));
     let host = HostReport {
         host_id: "h-bench".into(),
@@ -51,8 +51,8 @@ fn main() {
     let image = engine
         .register_image(RegisterImageRequest {
             name: "bench".into(),
-            kernel_path: dir.join("vmlinux").to_string_lossy().into_owned(),
-            root_image_path: dir.join("root.img").to_string_lossy().into_owned(),
+            kernel_path: "vmlinux".into(),
+            root_image_path: "root.img".into(),
             ..RegisterImageRequest::default()
         })
         .unwrap();

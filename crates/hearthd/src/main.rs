@@ -30,6 +30,8 @@ usage: hearthd [options]
   --image-store LOCATION    image store: a directory or s3://bucket/prefix?endpoint=http://host:port
                             (default <data-dir>/images)
   --snapshot-store LOCATION snapshot store, likewise (default <data-dir>/snapshots)
+  --image-import-dir DIR    the only directory RegisterImage reads files from (manifests, kernels,
+                            root disks: below it, no symlinks, no ..; default <data-dir>/import)
   --public-ip-pool CIDR     Elastic IPs are allocated from this range (its first two and last
                             addresses excepted); without it AllocateAddress fails
   --dns IP                  a DNS server handed to instances by DHCP (repeatable)
@@ -90,6 +92,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--agent-volume-dir" => config.agent_volume_dir = Some(PathBuf::from(value()?)),
             "--image-store" => config.image_store = Some(value()?),
             "--snapshot-store" => config.snapshot_store = Some(value()?),
+            "--image-import-dir" => config.image_import_dir = Some(PathBuf::from(value()?)),
             "--public-ip-pool" => {
                 let text = value()?;
                 config.public_ip_pool = Some(

@@ -73,6 +73,9 @@ pub struct ServeConfig {
     pub image_store: Option<String>,
     /// The snapshot store, likewise (default `<data dir>/snapshots`); never the image store's.
     pub snapshot_store: Option<String>,
+    /// The only directory RegisterImage reads caller-named files from (default
+    /// `<data dir>/import`, created mode 0700 if missing).
+    pub image_import_dir: Option<PathBuf>,
     /// Elastic IPs come from this range.
     pub public_ip_pool: Option<hearth_net::Ipv4Cidr>,
     /// DNS servers handed to instances by DHCP.
@@ -95,6 +98,7 @@ impl ServeConfig {
             agent_volume_dir: None,
             image_store: None,
             snapshot_store: None,
+            image_import_dir: None,
             public_ip_pool: None,
             dns_servers: Vec::new(),
         }
@@ -295,6 +299,17 @@ pub fn open_engine(config: &ServeConfig) -> Result<Engine, ServeError> {
     }
     std::fs::create_dir_all(&options.image_cache_dir)
         .map_err(io(format!("create {}", options.image_cache_dir.display())))?;
+    if let Some(dir) = &config.image_import_dir {
+        options.image_import_dir = dir.clone();
+    }
+    if !options.image_import_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&options.image_import_dir)
+            .map_err(io(format!("create {}", options.image_import_dir.display())))?;
+    }
     let store = SqliteStore::open(&data_dir.join("state.db"))?;
     Ok(Engine::open(Box::new(store), options)?)
 }

@@ -142,8 +142,8 @@ async fn errors_tokens_and_sync_over_the_socket() {
     assert_eq!(zones.availability_zones[0].zone_name, "homelab-1a");
     assert_eq!(zones.availability_zones[0].state, "available");
 
-    // An image and an instance reach the agent's next Sync.
-    let files = dir.0.join("files");
+    // An image and an instance reach the agent's next Sync (its files in the import directory).
+    let files = dir.0.join("data/import");
     std::fs::create_dir_all(&files).unwrap();
     std::fs::write(files.join("vmlinux"), b"k").unwrap();
     std::fs::write(files.join("root.img"), b"r").unwrap();

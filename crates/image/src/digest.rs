@@ -37,15 +37,21 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImageError::FileMissing(path.to_path_buf())),
         Err(e) => return Err(ImageError::io(format!("cannot open {}", path.display()), e)),
     };
+    sha256_reader(&mut file, &path.display().to_string())
+}
+
+/// The sha256 (lowercase hex) and number of bytes of what `reader` yields to its end (`name`
+/// in errors), read in 1 MiB pieces.
+pub fn sha256_reader(reader: &mut impl Read, name: &str) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ImageError::io(format!("cannot read {}", path.display()), e)),
+            Err(e) => return Err(ImageError::io(format!("cannot read {name}"), e)),
         };
         hasher.update(&buf[..n]);
         size += n as u64;

@@ -18,7 +18,7 @@ pub mod store;
 pub mod testing;
 pub mod transport;
 
-pub use crate::digest::{is_sha256_hex, sha256_file};
+pub use crate::digest::{is_sha256_hex, sha256_file, sha256_reader};
 pub use crate::error::{ImageError, Result};
 pub use crate::manifest::Manifest;
 pub use crate::store::{BlockingImageStore, ImageStore, ImportedImage};

@@ -23,7 +23,7 @@
 //! own and offers the same operations to synchronous code, including code that runs on a thread of another
 //! runtime (`spawn_blocking`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -134,12 +134,29 @@ impl ImageStore {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        self.import_from(manifest, &Source::Dir(dir)).await
+    }
+
+    /// Imports `manifest` from files the caller has already opened (`files`: each manifest
+    /// `path` and its open file), as [`ImageStore::import`] does from a directory. Nothing is
+    /// opened by path: a caller that opened the files safely (no symlinks, below a directory it
+    /// trusts) gets exactly those files' content. Each file is read from its start.
+    pub async fn import_opened(
+        &self,
+        manifest: Manifest,
+        files: HashMap<String, std::fs::File>,
+    ) -> Result<ImportedImage> {
+        manifest.validate()?;
+        self.import_from(manifest, &Source::Opened(files)).await
+    }
+
+    async fn import_from(&self, manifest: Manifest, source: &Source) -> Result<ImportedImage> {
         let mut newly_written = Vec::new();
         let mut stored = 0;
         let outcome = async {
             let mut done = HashSet::new();
             for (_, file) in manifest.files() {
-                stored += self.import_file(&dir, file, &mut done, &mut newly_written).await?;
+                stored += self.import_file(source, file, &mut done, &mut newly_written).await?;
             }
             let bytes = manifest.canonical_bytes();
             let digest = sha256_hex(&bytes);
@@ -168,13 +185,23 @@ impl ImageStore {
     /// `newly_written` when this call created the blob.
     async fn import_file(
         &self,
-        dir: &Path,
+        source: &Source,
         file: &FileRef,
         done: &mut HashSet<String>,
         newly_written: &mut Vec<String>,
     ) -> Result<u64> {
-        let path = file.local_path(dir);
-        let mut reader = HashingReader::open(path).await?;
+        let mut reader = match source {
+            Source::Dir(dir) => HashingReader::open(file.local_path(dir)).await?,
+            Source::Opened(files) => {
+                let opened = files
+                    .get(&file.path)
+                    .ok_or_else(|| ImageError::FileMissing(PathBuf::from(&file.path)))?;
+                let opened = opened
+                    .try_clone()
+                    .map_err(|e| ImageError::io(format!("cannot reopen {}", file.path), e))?;
+                HashingReader::from_file(opened, PathBuf::from(&file.path)).await?
+            }
+        };
         if reader.len != file.size {
             return Err(ImageError::SizeMismatch {
                 file: reader.name(),
@@ -411,6 +438,14 @@ async fn stream_parts(
     result
 }
 
+/// Where an import reads the manifest's files.
+enum Source {
+    /// Paths relative to the manifest's directory.
+    Dir(PathBuf),
+    /// Files the caller opened, by manifest path.
+    Opened(HashMap<String, std::fs::File>),
+}
+
 /// Reads a local file in [`CHUNK`] pieces on the blocking pool, hashing as it goes.
 struct HashingReader {
     file: Option<std::fs::File>,
@@ -424,12 +459,21 @@ struct HashingReader {
 
 impl HashingReader {
     async fn open(path: PathBuf) -> Result<HashingReader> {
+        let file = blocking(move || match std::fs::File::open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ImageError::FileMissing(path)),
+            Err(e) => Err(ImageError::io(format!("cannot open {}", path.display()), e)),
+        })
+        .await?;
+        HashingReader::from_file(file.0, file.1).await
+    }
+
+    /// Reads `file` (named `path` in errors) from its start.
+    async fn from_file(mut file: std::fs::File, path: PathBuf) -> Result<HashingReader> {
+        use std::io::Seek;
         blocking(move || {
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImageError::FileMissing(path)),
-                Err(e) => return Err(ImageError::io(format!("cannot open {}", path.display()), e)),
-            };
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| ImageError::io(format!("cannot seek {}", path.display()), e))?;
             let meta = file
                 .metadata()
                 .map_err(|e| ImageError::io(format!("cannot stat {}", path.display()), e))?;
@@ -776,6 +820,12 @@ impl BlockingImageStore {
     pub fn import(&self, manifest_path: &Path) -> Result<ImportedImage> {
         let (store, path) = (self.store.clone(), manifest_path.to_path_buf());
         self.run(async move { store.import(&path).await })
+    }
+
+    /// [`ImageStore::import_opened`], blocking.
+    pub fn import_opened(&self, manifest: Manifest, files: HashMap<String, std::fs::File>) -> Result<ImportedImage> {
+        let store = self.store.clone();
+        self.run(async move { store.import_opened(manifest, files).await })
     }
 
     /// [`ImageStore::get_manifest`], blocking.

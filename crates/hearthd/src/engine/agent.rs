@@ -375,16 +375,8 @@ impl Engine {
             .into_iter()
             .map(|instance| {
                 let image = state.images.get(&instance.image_id);
-                let kernel_path = instance
-                    .kernel_override
-                    .clone()
-                    .or_else(|| image.map(|image| image.kernel_path.clone()))
-                    .unwrap_or_default();
-                let initrd_path = instance
-                    .ramdisk_override
-                    .clone()
-                    .or_else(|| image.and_then(|image| image.initrd_path.clone()))
-                    .unwrap_or_default();
+                let (kernel_path, initrd_path) = super::images::boot_files(state, instance);
+                let initrd_path = initrd_path.unwrap_or_default();
                 let mut cmdline = image.map(|image| image.command_line.clone()).unwrap_or_default();
                 if !cmdline.split_whitespace().any(|word| word.starts_with("root=")) {
                     if !cmdline.is_empty() {

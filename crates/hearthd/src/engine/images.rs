@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Engine, State};
+use super::{import, Engine, State};
 use crate::error::{Ec2Error, Ec2Result};
 use crate::filter::{self, Filter, Values};
 use crate::ids::IdKind;
@@ -20,12 +20,16 @@ pub struct RegisterImageRequest {
     pub description: String,
     /// `x86_64` (default).
     pub architecture: String,
-    /// Kernel file on hearthd's host.
+    /// Kernel file below the image import directory.
     pub kernel_path: String,
-    /// Initrd file ("" = none).
+    /// Initrd file below the image import directory ("" = none).
     pub initrd_path: String,
-    /// Raw root disk image.
+    /// Raw root disk image below the image import directory.
     pub root_image_path: String,
+    /// The kernel of this registered image instead of a file (`ami-…`).
+    pub kernel_id: String,
+    /// The initrd of this registered image instead of a file (`ami-…`).
+    pub ramdisk_id: String,
     /// Default `/dev/xvda`.
     pub root_device_name: String,
     /// `ebs` (default) or `instance-store`.
@@ -36,9 +40,10 @@ pub struct RegisterImageRequest {
     pub block_device_mappings: Vec<BlockDeviceMapping>,
     /// Validate only.
     pub dry_run: bool,
-    /// An image manifest (`image.json`) to import instead of the paths.
+    /// An image manifest (`image.json`) below the image import directory, to import instead
+    /// of the paths.
     pub image_location: String,
-    /// An EBS-backed image's root snapshot (with `kernel_path`).
+    /// An EBS-backed image's root snapshot (with `kernel_path` or `kernel_id`).
     pub root_snapshot_id: String,
 }
 
@@ -90,19 +95,83 @@ fn check_name(state: &State, name: &str) -> Ec2Result<()> {
     Ok(())
 }
 
-fn require_file(path: &str, what: &str) -> Ec2Result<()> {
+/// Opens a file a caller names below the import directory; refusals are
+/// `InvalidParameterValue` naming the parameter.
+fn open_beneath(import_dir: &Path, path: &str, what: &str) -> Ec2Result<import::Opened> {
     if path.is_empty() {
         return Err(Ec2Error::MissingParameter(what.to_string()));
     }
-    if !Path::new(path).is_absolute() {
-        return Err(Ec2Error::InvalidParameterValue(format!(
-            "{what}: not an absolute path: {path}"
-        )));
+    import::open(import_dir, path).map_err(|why| Ec2Error::InvalidParameterValue(format!("{what}: {why}")))
+}
+
+/// The most a manifest may hold.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// A manifest below the import directory, parsed, and every file it names opened.
+struct OpenedManifest {
+    manifest: hearth_image::Manifest,
+    files: std::collections::HashMap<String, std::fs::File>,
+}
+
+fn open_manifest(import_dir: &Path, location: &str) -> Ec2Result<OpenedManifest> {
+    let opened = open_beneath(import_dir, location, "ImageLocation")?;
+    let shown = &opened.relative;
+    let invalid = |why: String| Ec2Error::InvalidManifest(format!("ImageLocation: {why}"));
+    let bytes = import::read_all(&opened.file, MAX_MANIFEST_BYTES, shown).map_err(invalid)?;
+    let json = std::str::from_utf8(&bytes).map_err(|_| invalid(format!("'{}' is not UTF-8", shown.display())))?;
+    let manifest = hearth_image::Manifest::parse(json).map_err(|e| invalid(format!("{}: {e}", shown.display())))?;
+    let files = import::open_manifest_files(&opened.dir, &manifest, shown.parent().unwrap_or(Path::new("")))
+        .map_err(invalid)?;
+    Ok(OpenedManifest { manifest, files })
+}
+
+/// The kernel (or with `ramdisk`, the initrd) file in the image store of the registered image
+/// `id`: `InvalidAMIID.Malformed`/`InvalidAMIID.NotFound` as EC2 answers for a kernel or ramdisk
+/// ID, `InvalidParameterValue` for an image without an initrd.
+pub(crate) fn boot_file_of(state: &State, id: &str, ramdisk: bool) -> Ec2Result<String> {
+    IdKind::Image.validate(id)?;
+    let image = state
+        .images
+        .get(id)
+        .filter(|image| image.state != ImageState::Deregistered)
+        .ok_or_else(|| Ec2Error::ImageNotFound(id.to_string()))?;
+    if ramdisk {
+        image
+            .initrd_path
+            .clone()
+            .ok_or_else(|| Ec2Error::InvalidParameterValue(format!("The image '{id}' has no ramdisk (initrd) to use")))
+    } else {
+        Ok(image.kernel_path.clone())
     }
-    if !Path::new(path).is_file() {
-        return Err(Ec2Error::InvalidParameterValue(format!("{what}: no such file: {path}")));
-    }
-    Ok(())
+}
+
+/// The kernel and initrd an instance boots: its image's, or those of the images named by its
+/// kernel and ramdisk attributes (image IDs; anything else, such as a host path stored by an
+/// older hearthd, is ignored).
+pub(crate) fn boot_files(state: &State, instance: &crate::model::Instance) -> (String, Option<String>) {
+    let image = state.images.get(&instance.image_id);
+    let of = |id: &Option<String>, ramdisk: bool| {
+        id.as_deref().and_then(|id| state.images.get(id)).map(|image| {
+            if ramdisk {
+                image.initrd_path.clone()
+            } else {
+                Some(image.kernel_path.clone())
+            }
+        })
+    };
+    let kernel = of(&instance.kernel_override, false)
+        .flatten()
+        .or_else(|| image.map(|i| i.kernel_path.clone()))
+        .unwrap_or_default();
+    let initrd = of(&instance.ramdisk_override, true).unwrap_or_else(|| image.and_then(|i| i.initrd_path.clone()));
+    (kernel, initrd)
+}
+
+/// The images an instance needs: its own and those it takes a kernel or ramdisk from.
+pub(crate) fn images_used_by(instance: &crate::model::Instance) -> impl Iterator<Item = &str> {
+    std::iter::once(instance.image_id.as_str())
+        .chain(instance.kernel_override.as_deref())
+        .chain(instance.ramdisk_override.as_deref())
 }
 
 /// Maps an image store error: what the caller's files or manifest got wrong is
@@ -117,7 +186,7 @@ fn image_error(operation: &str, error: hearth_image::ImageError) -> Ec2Error {
     }
 }
 
-/// A scratch directory for a manifest of files given by path (symlinks to them), removed on drop.
+/// A scratch directory in the image cache (a restored snapshot, a copy of a root volume), removed on drop.
 struct Staging {
     dir: PathBuf,
 }
@@ -127,14 +196,6 @@ impl Staging {
         let dir = parent.join(format!(".staging-{}", crate::ids::random_hex(8)));
         std::fs::create_dir_all(&dir).map_err(|e| Ec2Error::io(format!("create {}", dir.display()), e))?;
         Ok(Staging { dir })
-    }
-
-    /// `name` in the staging directory, a symlink to `target`.
-    fn link(&self, name: &str, target: &Path) -> Ec2Result<PathBuf> {
-        let path = self.dir.join(name);
-        std::os::unix::fs::symlink(target, &path)
-            .map_err(|e| Ec2Error::io(format!("link {} to {}", path.display(), target.display()), e))?;
-        Ok(path)
     }
 }
 
@@ -181,13 +242,14 @@ impl Engine {
         Ok(Arc::clone(self.image_store.get().unwrap_or(&store)))
     }
 
-    /// Imports the manifest at `manifest_path` into the image store and answers an image
+    /// Imports a manifest and its opened files into the image store and answers an image
     /// record (not committed) for it.
-    fn import_manifest(&self, manifest_path: &Path) -> Ec2Result<Image> {
+    fn import_opened(&self, opened: OpenedManifest) -> Ec2Result<Image> {
         let store = self.image_store()?;
+        let name = opened.manifest.name.clone();
         let imported = store
-            .import(manifest_path)
-            .map_err(|e| image_error(&format!("import {}", manifest_path.display()), e))?;
+            .import_opened(opened.manifest, opened.files)
+            .map_err(|e| image_error(&format!("import {name}"), e))?;
         let manifest = &imported.manifest;
         let local = |digest: &str| -> Ec2Result<String> {
             store
@@ -226,34 +288,58 @@ impl Engine {
         })
     }
 
-    /// Imports files given by path: a manifest is written for them in a staging directory
-    /// (symlinks), then imported as any other.
-    fn import_paths(
+    /// Imports opened files (a kernel, an initrd, a root disk) under a manifest made for them.
+    fn import_files(
         &self,
         name: &str,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        root: &Path,
+        kernel: std::fs::File,
+        initrd: Option<std::fs::File>,
+        root: std::fs::File,
         root_device_type: &str,
     ) -> Ec2Result<Image> {
-        std::fs::create_dir_all(&self.options.image_cache_dir)
-            .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
-        let staging = Staging::new(&self.options.image_cache_dir)?;
-        let mut options = hearth_image::manifest::DescribeOptions::new(
-            name,
-            staging.link("kernel", kernel)?,
-            staging.link("root.img", root)?,
-        );
-        options.initrd = initrd.map(|i| staging.link("initrd", i)).transpose()?;
-        options.root_device_type = root_device_type
-            .parse()
-            .map_err(|e| image_error("the root device type", e))?;
-        let manifest = hearth_image::Manifest::describe_files(&staging.dir, &options)
+        use hearth_image::manifest::FileRef;
+        use std::io::Seek;
+        let describe = |path: &str, mut file: &std::fs::File| -> Ec2Result<FileRef> {
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| Ec2Error::io(format!("read the image's {path}"), e))?;
+            let (sha256, size) =
+                hearth_image::sha256_reader(&mut file, path).map_err(|e| image_error("hash the image files", e))?;
+            Ok(FileRef {
+                path: path.to_string(),
+                sha256,
+                size,
+            })
+        };
+        let manifest = hearth_image::Manifest {
+            format: hearth_image::manifest::FORMAT.to_string(),
+            name: name.to_string(),
+            description: String::new(),
+            architecture: hearth_image::manifest::ARCHITECTURE.to_string(),
+            root_device_name: hearth_image::manifest::DEFAULT_ROOT_DEVICE_NAME.to_string(),
+            root_device_type: root_device_type
+                .parse()
+                .map_err(|e| image_error("the root device type", e))?,
+            command_line: hearth_image::manifest::DEFAULT_COMMAND_LINE.to_string(),
+            kernel: describe("kernel", &kernel)?,
+            initrd: initrd.as_ref().map(|f| describe("initrd", f)).transpose()?,
+            root: describe("root.img", &root)?,
+            block_device_mappings: Vec::new(),
+        };
+        manifest
+            .validate()
             .map_err(|e| image_error("describe the image files", e))?;
-        let manifest_path = staging.dir.join("image.json");
-        std::fs::write(&manifest_path, manifest.to_json_pretty())
-            .map_err(|e| Ec2Error::io(format!("write {}", manifest_path.display()), e))?;
-        self.import_manifest(&manifest_path)
+        let mut files = std::collections::HashMap::new();
+        files.insert("kernel".to_string(), kernel);
+        if let Some(initrd) = initrd {
+            files.insert("initrd".to_string(), initrd);
+        }
+        files.insert("root.img".to_string(), root);
+        self.import_opened(OpenedManifest { manifest, files })
+    }
+
+    /// A file of hearthd's own (the image store, a staging copy), opened.
+    fn open_own(path: &Path) -> Ec2Result<std::fs::File> {
+        std::fs::File::open(path).map_err(|e| Ec2Error::io(format!("open {}", path.display()), e))
     }
 
     /// RegisterImage: from an image manifest (`ImageLocation`, every checksum verified),
@@ -272,10 +358,13 @@ impl Engine {
             && (from_snapshot
                 || !request.kernel_path.is_empty()
                 || !request.initrd_path.is_empty()
-                || !request.root_image_path.is_empty())
+                || !request.root_image_path.is_empty()
+                || !request.kernel_id.is_empty()
+                || !request.ramdisk_id.is_empty())
         {
             return Err(Ec2Error::InvalidParameterCombination(
-                "ImageLocation excludes KernelPath, InitrdPath, RootImagePath and RootSnapshotId".to_string(),
+                "ImageLocation excludes KernelPath, InitrdPath, RootImagePath, KernelId, RamdiskId and RootSnapshotId"
+                    .to_string(),
             ));
         }
         if from_snapshot && !request.root_image_path.is_empty() {
@@ -283,20 +372,53 @@ impl Engine {
                 "RootSnapshotId excludes RootImagePath".to_string(),
             ));
         }
+        if !request.kernel_path.is_empty() && !request.kernel_id.is_empty() {
+            return Err(Ec2Error::InvalidParameterCombination(
+                "KernelPath excludes KernelId".to_string(),
+            ));
+        }
+        if !request.initrd_path.is_empty() && !request.ramdisk_id.is_empty() {
+            return Err(Ec2Error::InvalidParameterCombination(
+                "InitrdPath excludes RamdiskId".to_string(),
+            ));
+        }
+        // Every file the caller names is opened now, below the import directory and without
+        // following a symbolic link; what is imported is read from these descriptors.
+        let import_dir = self.options.image_import_dir.as_path();
+        let mut location = None;
+        let mut files: Option<(Option<std::fs::File>, Option<std::fs::File>, Option<std::fs::File>)> = None;
         if from_location {
-            require_file(&request.image_location, "ImageLocation")?;
+            location = Some(open_manifest(import_dir, &request.image_location)?);
         } else {
             if request.name.is_empty() {
                 return Err(Ec2Error::MissingParameter("Name".into()));
             }
-            require_file(&request.kernel_path, "KernelPath")?;
-            if !request.initrd_path.is_empty() {
-                require_file(&request.initrd_path, "InitrdPath")?;
+            if request.kernel_path.is_empty() && request.kernel_id.is_empty() {
+                return Err(Ec2Error::MissingParameter("KernelId".into()));
             }
-            if !from_snapshot {
-                require_file(&request.root_image_path, "RootImagePath")?;
-            }
+            let kernel = (!request.kernel_path.is_empty())
+                .then(|| open_beneath(import_dir, &request.kernel_path, "KernelPath"))
+                .transpose()?;
+            let initrd = (!request.initrd_path.is_empty())
+                .then(|| open_beneath(import_dir, &request.initrd_path, "InitrdPath"))
+                .transpose()?;
+            let root = if from_snapshot {
+                None
+            } else {
+                Some(open_beneath(import_dir, &request.root_image_path, "RootImagePath")?)
+            };
+            files = Some((kernel.map(|o| o.file), initrd.map(|o| o.file), root.map(|o| o.file)));
         }
+        let (kernel_of_id, ramdisk_of_id) = {
+            let inner = self.lock();
+            let kernel = (!request.kernel_id.is_empty())
+                .then(|| boot_file_of(&inner.state, &request.kernel_id, false))
+                .transpose()?;
+            let ramdisk = (!request.ramdisk_id.is_empty())
+                .then(|| boot_file_of(&inner.state, &request.ramdisk_id, true))
+                .transpose()?;
+            (kernel, ramdisk)
+        };
         if !request.name.is_empty() {
             check_name(&self.lock().state, &request.name)?;
         }
@@ -357,33 +479,40 @@ impl Engine {
         if request.dry_run {
             return Err(Ec2Error::DryRunOperation);
         }
-        let mut image = if from_location {
-            let mut image = self.import_manifest(Path::new(&request.image_location))?;
+        let mut image = if let Some(opened) = location {
+            let mut image = self.import_opened(opened)?;
             image.image_location = request.image_location.clone();
             image
-        } else if let Some(snapshot) = &snapshot {
-            // The snapshot's content becomes the root file instances clone (restored and
-            // verified chunk by chunk, then stored by content like any image file).
-            std::fs::create_dir_all(&self.options.image_cache_dir)
-                .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
-            let staging = Staging::new(&self.options.image_cache_dir)?;
-            let root = staging.dir.join("root.img");
-            self.snapshot_store()?.restore(&snapshot.id, &root, None).map_err(|e| {
-                Ec2Error::InvalidParameterValue(format!("restoring snapshot {} failed: {e}", snapshot.id))
-            })?;
-            let initrd = (!request.initrd_path.is_empty()).then(|| Path::new(&request.initrd_path));
-            let mut image = self.import_paths(&request.name, Path::new(&request.kernel_path), initrd, &root, "ebs")?;
-            image.root_snapshot_id = snapshot.id.clone();
-            image
         } else {
-            let initrd = (!request.initrd_path.is_empty()).then(|| Path::new(&request.initrd_path));
-            self.import_paths(
-                &request.name,
-                Path::new(&request.kernel_path),
-                initrd,
-                Path::new(&request.root_image_path),
-                root_device_type,
-            )?
+            let (kernel, initrd, root) = files.unwrap_or_default();
+            let kernel = match (kernel, &kernel_of_id) {
+                (Some(file), _) => file,
+                (None, Some(path)) => Self::open_own(Path::new(path))?,
+                (None, None) => return Err(Ec2Error::MissingParameter("KernelId".into())),
+            };
+            let initrd = match (initrd, &ramdisk_of_id) {
+                (Some(file), _) => Some(file),
+                (None, Some(path)) => Some(Self::open_own(Path::new(path))?),
+                (None, None) => None,
+            };
+            if let Some(snapshot) = &snapshot {
+                // The snapshot's content becomes the root file instances clone (restored and
+                // verified chunk by chunk, then stored by content like any image file).
+                std::fs::create_dir_all(&self.options.image_cache_dir)
+                    .map_err(|e| Ec2Error::io(format!("create {}", self.options.image_cache_dir.display()), e))?;
+                let staging = Staging::new(&self.options.image_cache_dir)?;
+                let root = staging.dir.join("root.img");
+                self.snapshot_store()?.restore(&snapshot.id, &root, None).map_err(|e| {
+                    Ec2Error::InvalidParameterValue(format!("restoring snapshot {} failed: {e}", snapshot.id))
+                })?;
+                let root = Self::open_own(&root)?;
+                let mut image = self.import_files(&request.name, kernel, initrd, root, "ebs")?;
+                image.root_snapshot_id = snapshot.id.clone();
+                image
+            } else {
+                let root = root.ok_or_else(|| Ec2Error::MissingParameter("RootImagePath".into()))?;
+                self.import_files(&request.name, kernel, initrd, root, root_device_type)?
+            }
         };
         let id = IdKind::Image.generate();
         image.id = id.clone();
@@ -510,7 +639,7 @@ impl Engine {
             .state
             .instances
             .values()
-            .any(|i| i.image_id == id && i.state != InstanceState::Terminated);
+            .any(|i| i.state != InstanceState::Terminated && images_used_by(i).any(|used| used == id));
         let changes = if used {
             Changes {
                 images: vec![Image {
@@ -566,15 +695,7 @@ impl Engine {
             } else {
                 PathBuf::from(&root.source_path)
             };
-            let kernel = instance
-                .kernel_override
-                .clone()
-                .or(image.map(|i| i.kernel_path.clone()))
-                .unwrap_or_default();
-            let initrd = instance
-                .ramdisk_override
-                .clone()
-                .or(image.and_then(|i| i.initrd_path.clone()));
+            let (kernel, initrd) = boot_files(state, instance);
             let mappings: Vec<BlockDeviceMapping> = instance
                 .block_devices
                 .iter()
@@ -638,11 +759,11 @@ impl Engine {
         };
         let root_copy = hearth_agent::volume::ensure_volume(&staging.dir, &copy)
             .map_err(|e| Ec2Error::io("copy the root volume", std::io::Error::other(e.to_string())))?;
-        let imported = self.import_paths(
+        let imported = self.import_files(
             &request.name,
-            Path::new(&kernel),
-            initrd.as_deref().map(Path::new),
-            &root_copy,
+            Self::open_own(Path::new(&kernel))?,
+            initrd.as_deref().map(|p| Self::open_own(Path::new(p))).transpose()?,
+            Self::open_own(&root_copy)?,
             &template.root_device_type,
         )?;
         let id = IdKind::Image.generate();

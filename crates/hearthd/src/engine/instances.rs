@@ -1020,19 +1020,17 @@ impl Engine {
             }
             next.user_data = user_data.clone();
         }
-        for (value, slot) in [
-            (&request.kernel, &mut next.kernel_override),
-            (&request.ramdisk, &mut next.ramdisk_override),
+        for (value, slot, ramdisk) in [
+            (&request.kernel, &mut next.kernel_override, false),
+            (&request.ramdisk, &mut next.ramdisk_override, true),
         ] {
-            if let Some(path) = value {
-                if path.is_empty() {
+            if let Some(id) = value {
+                if id.is_empty() {
                     *slot = None;
-                } else if !std::path::Path::new(path).is_absolute() || !std::path::Path::new(path).is_file() {
-                    return Err(Ec2Error::InvalidParameterValue(format!(
-                        "No such file (absolute path expected): {path}"
-                    )));
                 } else {
-                    *slot = Some(path.clone());
+                    // An image ID, never a host path: the kernel (initrd) of that image.
+                    super::images::boot_file_of(state, id, ramdisk)?;
+                    *slot = Some(id.clone());
                 }
             }
         }
@@ -1060,15 +1058,16 @@ impl Engine {
             "instanceInitiatedShutdownBehavior" => instance.shutdown_behavior.as_str().to_string(),
             "instanceType" => instance.instance_type.clone(),
             "userData" => crate::encoding::base64(&instance.user_data),
+            // The image the kernel (initrd) comes from: EC2 answers a kernel ID, not a file.
             "kernel" => instance
                 .kernel_override
                 .clone()
-                .or(image.map(|i| i.kernel_path.clone()))
+                .or(image.map(|i| i.id.clone()))
                 .unwrap_or_default(),
             "ramdisk" => instance
                 .ramdisk_override
                 .clone()
-                .or(image.and_then(|i| i.initrd_path.clone()))
+                .or(image.filter(|i| i.initrd_path.is_some()).map(|i| i.id.clone()))
                 .unwrap_or_default(),
             "rootDeviceName" => instance.root_device_name.clone(),
             "blockDeviceMapping" => {

@@ -5,6 +5,7 @@
 
 mod agent;
 mod images;
+mod import;
 mod instances;
 mod keys;
 mod network;
@@ -63,6 +64,9 @@ pub struct EngineOptions {
     pub image_store_location: String,
     /// Local copies of remote image files, and staging for imports.
     pub image_cache_dir: PathBuf,
+    /// The only place RegisterImage reads files a caller names (`ImageLocation`, `KernelPath`,
+    /// `InitrdPath`, `RootImagePath`): below it, without symbolic links or `..`.
+    pub image_import_dir: PathBuf,
     /// Instance types offered.
     pub instance_types: InstanceTypes,
     /// Graceful stop timeout sent to agents.
@@ -105,6 +109,7 @@ impl EngineOptions {
             availability_zones: Vec::new(),
             image_store_location: data_dir.join("images").display().to_string(),
             image_cache_dir: data_dir.join("image-cache"),
+            image_import_dir: data_dir.join("import"),
             instance_types: InstanceTypes::built_in(),
             stop_timeout_ms: 30_000,
             cpu_allocation_ratio: 16.0,
@@ -376,7 +381,7 @@ impl Engine {
             .instances
             .values()
             .filter(|i| i.state != crate::model::InstanceState::Terminated)
-            .map(|i| i.image_id.as_str())
+            .flat_map(|i| images::images_used_by(i))
             .collect();
         let mut removed_images = Vec::new();
         for image in state.images.values() {

@@ -43,8 +43,9 @@ impl Net {
         let dir = TempDir::new("engine-net");
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let engine = open(&dir, &clock);
-        std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("root.img"), vec![7u8; 4096]).unwrap();
+        std::fs::create_dir_all(dir.path().join("import")).unwrap();
+        std::fs::write(dir.path().join("import/vmlinux"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("import/root.img"), vec![7u8; 4096]).unwrap();
         let mut net = Net {
             dir,
             clock,
@@ -52,7 +53,7 @@ impl Net {
             image: String::new(),
         };
         net.host("h-a", "homelab-1a", "192.0.2.1");
-        let path = |file: &str| net.dir.path().join(file).to_string_lossy().into_owned();
+        let path = |file: &str| net.dir.path().join("import").join(file).to_string_lossy().into_owned();
         net.image = net
             .engine
             .register_image(RegisterImageRequest {

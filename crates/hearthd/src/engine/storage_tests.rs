@@ -41,8 +41,9 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = TempDir::new("storage");
         let engine = open(&dir);
-        std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("root.img"), vec![7u8; 4096]).unwrap();
+        std::fs::create_dir_all(dir.path().join("import")).unwrap();
+        std::fs::write(dir.path().join("import/vmlinux"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("import/root.img"), vec![7u8; 4096]).unwrap();
         for (host, zone) in [("h-a", ZONE), ("h-b", "homelab-1b")] {
             engine
                 .report(
@@ -58,7 +59,7 @@ impl Fixture {
                 )
                 .unwrap();
         }
-        let path = |file: &str| dir.path().join(file).display().to_string();
+        let path = |file: &str| dir.path().join("import").join(file).display().to_string();
         let image = engine
             .register_image(RegisterImageRequest {
                 name: "base".into(),

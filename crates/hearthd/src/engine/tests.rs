@@ -51,9 +51,10 @@ impl Fixture {
         let dir = TempDir::new("engine");
         let clock = Arc::new(ManualClock::new(START_MS));
         let engine = open(&dir, &clock);
-        std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("initrd"), b"initrd").unwrap();
-        std::fs::write(dir.path().join("root.img"), vec![7u8; 4096]).unwrap();
+        std::fs::create_dir_all(dir.path().join("import")).unwrap();
+        std::fs::write(dir.path().join("import/vmlinux"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("import/initrd"), b"initrd").unwrap();
+        std::fs::write(dir.path().join("import/root.img"), vec![7u8; 4096]).unwrap();
         let mut fixture = Fixture {
             dir,
             clock,
@@ -66,7 +67,7 @@ impl Fixture {
     }
 
     fn register(&self, name: &str) -> String {
-        let path = |file: &str| self.dir.path().join(file).to_string_lossy().into_owned();
+        let path = |file: &str| self.dir.path().join("import").join(file).to_string_lossy().into_owned();
         self.engine
             .register_image(RegisterImageRequest {
                 name: name.into(),
@@ -753,13 +754,13 @@ fn run_instances_validation_errors() {
 
     // A root volume may grow but not shrink below the image.
     let big_image = {
-        std::fs::write(f.dir.path().join("big.img"), b"").unwrap();
+        std::fs::write(f.dir.path().join("import/big.img"), b"").unwrap();
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .open(f.dir.path().join("big.img"))
+            .open(f.dir.path().join("import/big.img"))
             .unwrap();
         file.set_len(3 * crate::model::GIB + 1).unwrap();
-        let path = |file: &str| f.dir.path().join(file).to_string_lossy().into_owned();
+        let path = |file: &str| f.dir.path().join("import").join(file).to_string_lossy().into_owned();
         f.engine
             .register_image(RegisterImageRequest {
                 name: "big".into(),
@@ -996,25 +997,73 @@ fn modify_and_describe_attributes() {
         ..Default::default()
     };
     assert_eq!(code(modify(mega)), "InvalidInstanceType");
-    let kernel = f.dir.path().join("vmlinux").to_string_lossy().into_owned();
+    // Kernel and ramdisk are image IDs (EC2's aki-/ari-): the kernel or initrd of that image,
+    // never a host path.
+    std::fs::write(f.dir.path().join("import/vmlinux-2"), b"kernel 2").unwrap();
+    let other = f
+        .engine
+        .register_image(RegisterImageRequest {
+            name: "other".into(),
+            kernel_path: "vmlinux-2".into(),
+            root_image_path: "root.img".into(),
+            ..RegisterImageRequest::default()
+        })
+        .unwrap();
+    for refused in [
+        ModifyInstanceRequest {
+            kernel: Some("/etc/passwd".into()),
+            ..Default::default()
+        },
+        ModifyInstanceRequest {
+            ramdisk: Some("/etc/passwd".into()),
+            ..Default::default()
+        },
+        ModifyInstanceRequest {
+            kernel: Some(f.dir.path().join("import/vmlinux").display().to_string()),
+            ..Default::default()
+        },
+        ModifyInstanceRequest {
+            ramdisk: Some("../state.db".into()),
+            ..Default::default()
+        },
+        // Another instance's volume file.
+        ModifyInstanceRequest {
+            kernel: Some(
+                f.dir
+                    .path()
+                    .join("volumes")
+                    .join(format!("{}.img", f.instance(&id).block_devices[0].volume_id))
+                    .display()
+                    .to_string(),
+            ),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(code(modify(refused.clone())), "InvalidAMIID.Malformed", "{refused:?}");
+    }
+    let missing = ModifyInstanceRequest {
+        ramdisk: Some("ami-0123456789abcdef0".into()),
+        ..Default::default()
+    };
+    assert_eq!(code(modify(missing)), "InvalidAMIID.NotFound");
+    assert_eq!(f.instance(&id).kernel_override, None, "refusals change nothing");
+    assert_eq!(f.instance(&id).ramdisk_override, None);
     modify(ModifyInstanceRequest {
-        kernel: Some(kernel.clone()),
+        kernel: Some(other.clone()),
         ..Default::default()
     })
     .unwrap();
-    let missing = ModifyInstanceRequest {
-        ramdisk: Some("/nonexistent/initrd".into()),
-        ..Default::default()
-    };
-    assert_eq!(code(modify(missing)), "InvalidParameterValue");
+    let kernel = f.engine.describe_images(std::slice::from_ref(&other), &[]).unwrap()[0]
+        .kernel_path
+        .clone();
 
     let attr = |name: &str| f.engine.describe_instance_attribute(&id, name, false).unwrap().value;
     assert_eq!(attr("instanceType"), "t3.small");
     assert_eq!(attr("userData"), crate::encoding::base64(b"#!/bin/sh"));
     assert_eq!(attr("instanceInitiatedShutdownBehavior"), "terminate");
     assert_eq!(attr("disableApiTermination"), "false");
-    assert_eq!(attr("kernel"), kernel);
-    assert_eq!(std::fs::read(attr("ramdisk")).unwrap(), b"initrd");
+    assert_eq!(attr("kernel"), other);
+    assert_eq!(attr("ramdisk"), f.image);
     assert_eq!(attr("rootDeviceName"), "/dev/xvda");
     assert_eq!(
         f.engine
@@ -1031,6 +1080,12 @@ fn modify_and_describe_attributes() {
     let spec = &f.engine.desired_state("h-a").instances[0];
     assert_eq!((spec.vcpus, spec.memory_mib), (2, 2048));
     assert_eq!(spec.kernel_path, kernel);
+    assert_eq!(std::fs::read(&spec.kernel_path).unwrap(), b"kernel 2");
+    // The image a kernel comes from stays while an instance uses it.
+    f.engine.deregister_image(&other, false).unwrap();
+    f.engine.purge().unwrap();
+    assert_eq!(f.engine.desired_state("h-a").instances[0].kernel_path, kernel);
+    assert!(std::path::Path::new(&kernel).exists());
 }
 
 #[test]
@@ -1048,7 +1103,7 @@ fn images_register_describe_deregister_and_create() {
     assert_eq!(image.manifest_digest.len(), 64);
     let blob_count = || std::fs::read_dir(&blobs).unwrap().count();
 
-    let path = |file: &str| f.dir.path().join(file).to_string_lossy().into_owned();
+    let path = |file: &str| f.dir.path().join("import").join(file).to_string_lossy().into_owned();
     let duplicate = RegisterImageRequest {
         name: "base".into(),
         kernel_path: path("vmlinux"),
@@ -1085,7 +1140,7 @@ fn images_register_describe_deregister_and_create() {
         1
     );
     assert_eq!(
-        std::fs::read_dir(f.dir.path().join("image-cache")).unwrap().count(),
+        std::fs::read_dir(f.dir.path().join("image-cache")).map_or(0, |d| d.count()),
         0,
         "no staging left behind"
     );
@@ -1168,6 +1223,173 @@ fn images_register_describe_deregister_and_create() {
             .unwrap()
             .count(),
         0
+    );
+}
+
+/// Everything in the image store and the image rows, to show a refusal created nothing.
+fn image_footprint(f: &Fixture) -> (Vec<String>, usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(f.dir.path().join(dir)).map_or(0, |d| d.count());
+    let ids = f
+        .engine
+        .describe_images(&[], &[])
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    (ids, count("images/blobs/sha256"), count("images/manifests"))
+}
+
+#[test]
+fn register_image_reads_only_the_import_directory() {
+    let f = Fixture::new();
+    let import = f.dir.path().join("import");
+    // A manifest the caller may use, and its files.
+    std::fs::create_dir_all(import.join("good")).unwrap();
+    std::fs::write(import.join("good/vmlinux"), b"good kernel").unwrap();
+    std::fs::write(import.join("good/root.img"), vec![1u8; 512]).unwrap();
+    let options =
+        hearth_image::manifest::DescribeOptions::new("good", import.join("good/vmlinux"), import.join("good/root.img"));
+    let manifest = hearth_image::Manifest::describe_files(&import.join("good"), &options).unwrap();
+    std::fs::write(import.join("good/image.json"), manifest.to_json_pretty()).unwrap();
+
+    // Another instance's root volume file, and hearthd's own database.
+    let id = f.run(1).remove(0);
+    f.running(std::slice::from_ref(&id));
+    let volume = f.instance(&id).block_devices[0].volume_id.clone();
+    std::fs::create_dir_all(f.dir.path().join("volumes")).unwrap();
+    let volume_file = f.dir.path().join("volumes").join(format!("{volume}.img"));
+    std::fs::write(&volume_file, b"someone else's disk").unwrap();
+    let state_db = f.dir.path().join("state.db").display().to_string();
+
+    // Symbolic links inside the import directory: to a file outside, to a directory, and a
+    // manifest whose file is a link (its checksum even matches the target).
+    std::os::unix::fs::symlink("/etc/passwd", import.join("passwd")).unwrap();
+    std::os::unix::fs::symlink(&volume_file, import.join("volume.img")).unwrap();
+    std::os::unix::fs::symlink(import.join("good"), import.join("linked-dir")).unwrap();
+    std::fs::create_dir_all(import.join("evil")).unwrap();
+    std::os::unix::fs::symlink(&volume_file, import.join("evil/root.img")).unwrap();
+    std::fs::write(import.join("evil/vmlinux"), b"good kernel").unwrap();
+    let mut evil = manifest.clone();
+    evil.name = "evil".into();
+    let (sha256, size) = hearth_image::sha256_file(&volume_file).unwrap();
+    evil.root.sha256 = sha256;
+    evil.root.size = size;
+    std::fs::write(import.join("evil/image.json"), evil.to_json_pretty()).unwrap();
+    std::os::unix::fs::symlink(import.join("good/image.json"), import.join("image.json")).unwrap();
+
+    let before = image_footprint(&f);
+    let paths = |kernel: &str, root: &str| RegisterImageRequest {
+        name: "refused".into(),
+        kernel_path: kernel.into(),
+        root_image_path: root.into(),
+        ..RegisterImageRequest::default()
+    };
+    let location = |path: &str| RegisterImageRequest {
+        image_location: path.into(),
+        ..RegisterImageRequest::default()
+    };
+    let volume_path = volume_file.display().to_string();
+    let outside_dotdot = format!("{}/../state.db", import.display());
+    let cases = [
+        (paths("/etc/passwd", "root.img"), "InvalidParameterValue"),
+        (paths("vmlinux", &state_db), "InvalidParameterValue"),
+        (paths("vmlinux", &volume_path), "InvalidParameterValue"),
+        (paths("../vmlinux", "root.img"), "InvalidParameterValue"),
+        (paths("vmlinux", &outside_dotdot), "InvalidParameterValue"),
+        (paths("good/../vmlinux", "root.img"), "InvalidParameterValue"),
+        (paths("passwd", "root.img"), "InvalidParameterValue"),
+        (paths("vmlinux", "volume.img"), "InvalidParameterValue"),
+        (paths("linked-dir/vmlinux", "root.img"), "InvalidParameterValue"),
+        (paths("good", "root.img"), "InvalidParameterValue"),
+        (
+            RegisterImageRequest {
+                initrd_path: "/etc/passwd".into(),
+                ..paths("vmlinux", "root.img")
+            },
+            "InvalidParameterValue",
+        ),
+        (location("/etc/passwd"), "InvalidParameterValue"),
+        (location(&state_db), "InvalidParameterValue"),
+        (location(&volume_path), "InvalidParameterValue"),
+        (location("../state.db"), "InvalidParameterValue"),
+        (location("image.json"), "InvalidParameterValue"),
+        (location("linked-dir/image.json"), "InvalidParameterValue"),
+        (location("evil/image.json"), "InvalidManifest"),
+        (location("good/vmlinux"), "InvalidManifest"),
+        // Kernel and ramdisk IDs are image IDs, never paths.
+        (
+            RegisterImageRequest {
+                kernel_id: "/etc/passwd".into(),
+                ..paths("", "root.img")
+            },
+            "InvalidAMIID.Malformed",
+        ),
+        (
+            RegisterImageRequest {
+                ramdisk_id: volume_path.clone(),
+                ..paths("vmlinux", "root.img")
+            },
+            "InvalidAMIID.Malformed",
+        ),
+        (
+            RegisterImageRequest {
+                kernel_id: "ami-0123456789abcdef0".into(),
+                ..paths("", "root.img")
+            },
+            "InvalidAMIID.NotFound",
+        ),
+        (
+            RegisterImageRequest {
+                kernel_id: f.image.clone(),
+                ..paths("vmlinux", "root.img")
+            },
+            "InvalidParameterCombination",
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(code(f.engine.register_image(request.clone())), expected, "{request:?}");
+        assert_eq!(image_footprint(&f), before, "{request:?} created nothing");
+    }
+    assert_eq!(
+        std::fs::read_dir(f.dir.path().join("image-cache")).map_or(0, |d| d.count()),
+        0,
+        "no staging left behind"
+    );
+
+    // What is below the import directory, by relative or absolute path, is imported.
+    let good = f.engine.register_image(location("good/image.json")).unwrap();
+    let good = &f.engine.describe_images(&[good], &[]).unwrap()[0];
+    assert_eq!(good.name, "good");
+    assert_eq!(std::fs::read(&good.kernel_path).unwrap(), b"good kernel");
+    let absolute = f
+        .engine
+        .register_image(RegisterImageRequest {
+            name: "absolute".into(),
+            root_image_path: import.join("good/root.img").display().to_string(),
+            ..paths(&import.join("vmlinux").display().to_string(), "")
+        })
+        .unwrap();
+    // A kernel and ramdisk by image ID: that image's files, from the store.
+    let by_id = f
+        .engine
+        .register_image(RegisterImageRequest {
+            name: "by-id".into(),
+            kernel_id: good.id.clone(),
+            ramdisk_id: f.image.clone(),
+            ..paths("", "root.img")
+        })
+        .unwrap();
+    let by_id = &f.engine.describe_images(&[by_id], &[]).unwrap()[0];
+    assert_eq!(std::fs::read(&by_id.kernel_path).unwrap(), b"good kernel");
+    assert_eq!(std::fs::read(by_id.initrd_path.as_ref().unwrap()).unwrap(), b"initrd");
+    assert_eq!(
+        code(f.engine.register_image(RegisterImageRequest {
+            name: "no-ramdisk".into(),
+            ramdisk_id: absolute,
+            ..paths("vmlinux", "root.img")
+        })),
+        "InvalidParameterValue",
+        "an image without an initrd has no ramdisk"
     );
 }
 

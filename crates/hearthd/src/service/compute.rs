@@ -323,6 +323,8 @@ impl Compute for ComputeService {
             kernel_path: r.kernel_path,
             initrd_path: r.initrd_path,
             root_image_path: r.root_image_path,
+            kernel_id: r.kernel_id,
+            ramdisk_id: r.ramdisk_id,
             root_device_name: r.root_device_name,
             root_device_type: r.root_device_type,
             command_line: r.command_line,
