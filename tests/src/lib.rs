@@ -458,7 +458,6 @@ impl Cloud {
     }
 }
 
-/// True while `pid` exists (and is not a zombie).
 /// Puts `source` into the image import directory `import_dir` as `name` (a hard link, or a
 /// copy across file systems) and answers its path there: hearthd's RegisterImage reads files
 /// only from its import directory.
@@ -488,6 +487,25 @@ pub fn import_manifest(import_dir: &Path, manifest: &Path, subdir: &str) -> Path
     import_file(import_dir, manifest, &format!("{subdir}/image.json"))
 }
 
+/// Every process (not this one) whose command line contains `dir`.
+pub fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// True while `pid` exists (and is not a zombie).
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
@@ -502,8 +520,13 @@ impl Drop for Cloud {
     fn drop(&mut self) {
         self.kill_agent();
         self.kill_hearthd();
-        for pid in self.vmm_pids() {
-            // SAFETY: plain kill(2) on a pid we read from our own run directory.
+        // The VMMs by their pid files, and any other process naming this cloud's directory
+        // on its command line: a VMM the agent started just before it was killed may have
+        // no pid file yet (such a VMM once outlived a test run by two hours).
+        let mut pids = self.vmm_pids();
+        pids.extend(processes_naming(&self.dir));
+        for pid in pids {
+            // SAFETY: plain kill(2) on a pid of a process that belongs to this test cloud.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         if std::env::var("HEARTH_E2E_KEEP").is_err() {
