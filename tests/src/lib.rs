@@ -4,6 +4,7 @@
 //! fails.
 #![allow(missing_docs)]
 
+pub mod bench;
 pub mod images;
 pub mod netlab;
 
@@ -487,9 +488,8 @@ pub fn import_manifest(import_dir: &Path, manifest: &Path, subdir: &str) -> Path
     import_file(import_dir, manifest, &format!("{subdir}/image.json"))
 }
 
-/// Every process (not this one) whose command line contains `dir`.
-pub fn processes_naming(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
+/// Every process (not this one) whose command line contains one of `needles`.
+pub fn processes_naming(needles: &[String]) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -498,9 +498,10 @@ pub fn processes_naming(dir: &Path) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
-                .unwrap_or(false)
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let cmdline = String::from_utf8_lossy(&c);
+                needles.iter().any(|n| cmdline.contains(n.as_str()))
+            })
         })
         .collect()
 }
@@ -524,7 +525,7 @@ impl Drop for Cloud {
         // on its command line: a VMM the agent started just before it was killed may have
         // no pid file yet (such a VMM once outlived a test run by two hours).
         let mut pids = self.vmm_pids();
-        pids.extend(processes_naming(&self.dir));
+        pids.extend(processes_naming(&[self.dir.to_string_lossy().into_owned()]));
         for pid in pids {
             // SAFETY: plain kill(2) on a pid of a process that belongs to this test cloud.
             unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hearth_api::v1::agent_control_client::AgentControlClient;
 use hearth_api::v1::compute_client::ComputeClient;
 use hearth_api::v1::*;
+use hearth_e2e::bench::{self, Table};
 use hearth_e2e::{bin_dir, binary, kvm_available, probe_kernel, AgentMode, Cloud};
 use tonic::transport::{Channel, Endpoint};
 
@@ -63,43 +64,8 @@ fn our_prefixes() -> Vec<String> {
 /// Kills (by pid) the processes that belong to this run, then removes its temp directories.
 fn sweep() {
     let prefixes = our_prefixes();
-    let me = std::process::id();
-    for _ in 0..5 {
-        let mut killed = 0;
-        let Ok(entries) = std::fs::read_dir("/proc") else { break };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if prefixes.iter().any(|p| cmdline.contains(p.as_str())) {
-                // SAFETY: kill(2) on a pid whose command line names this run's own temp dir.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                killed += 1;
-            }
-        }
-        if killed == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if std::env::var("HEARTH_E2E_KEEP").is_ok() {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(temp_root()) {
-        for entry in entries.flatten() {
-            let path = entry.path().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| path.starts_with(p.as_str())) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
+    bench::kill_processes_naming(&prefixes);
+    bench::remove_dirs_named(&temp_root(), &prefixes);
 }
 
 static DIRS: AtomicU32 = AtomicU32::new(0);
@@ -157,79 +123,6 @@ fn pct(values: &[f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let index = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
     v[index.min(v.len() - 1)]
-}
-
-struct Table(Vec<[String; 6]>);
-
-impl Table {
-    fn row(&mut self, name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>, goal: &str) {
-        let digits = if unit == "s" || value < 10.0 { 2 } else { 1 };
-        let (baseline_text, ratio) = match baseline {
-            Some((what, b)) => (
-                format!("{what} {b:.digits$} {unit}"),
-                if b > 0.0 {
-                    format!("{:.2}", value / b)
-                } else {
-                    String::new()
-                },
-            ),
-            None => (String::new(), String::new()),
-        };
-        self.0.push([
-            name.to_string(),
-            format!("{value:.digits$}"),
-            unit.to_string(),
-            baseline_text,
-            ratio,
-            goal.to_string(),
-        ]);
-    }
-
-    fn note(&mut self, name: &str, note: &str) {
-        self.0.push([
-            name.to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            note.to_string(),
-        ]);
-    }
-
-    fn print(&self) {
-        let headers = [
-            "benchmark",
-            "value",
-            "unit",
-            "baseline (same run)",
-            "ratio",
-            "goal / note",
-        ]
-        .map(String::from);
-        let widths: Vec<usize> = (0..6)
-            .map(|i| {
-                self.0
-                    .iter()
-                    .chain([&headers])
-                    .map(|r| r[i].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |r: &[String; 6]| {
-            r.iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let header = line(&headers).trim_end().to_string();
-        println!("{header}");
-        println!("{}", "-".repeat(header.chars().count()));
-        for r in &self.0 {
-            println!("{}", line(r).trim_end());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -727,7 +620,7 @@ fn bench_describe(table: &mut Table, scratch: &Path) -> Result<()> {
 }
 
 fn run() -> Result<Table> {
-    let mut table = Table(Vec::new());
+    let mut table = Table::new("benchmark");
     if !kvm_available() {
         return Err("/dev/kvm is unusable: the launch benchmarks need KVM".into());
     }

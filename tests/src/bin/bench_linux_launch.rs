@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use hearth_e2e::bench::{self, Table};
 use hearth_e2e::images::{build_image, ssh_in, ssh_key, TempDir};
 use hearth_e2e::netlab::{Client, Lab};
 
@@ -103,31 +104,7 @@ fn our_prefixes() -> Vec<String> {
 fn sweep() {
     let prefixes = our_prefixes();
     let me = std::process::id();
-    for _ in 0..5 {
-        let mut killed = 0;
-        let Ok(entries) = std::fs::read_dir("/proc") else { break };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if prefixes.iter().any(|p| cmdline.contains(p.as_str())) {
-                // SAFETY: kill(2) on a pid whose command line names this run's own temp dir.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                killed += 1;
-            }
-        }
-        if killed == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    bench::kill_processes_naming(&prefixes);
     // netlab names this process's namespaces hl<pid % 100000>x<n>-…
     let netns_prefix = format!("hl{}x", me % 100_000);
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
@@ -142,22 +119,12 @@ fn sweep() {
             }
         }
     }
-    if std::env::var("HEARTH_E2E_KEEP").is_ok() {
-        return;
-    }
     let mut roots = vec![std::env::temp_dir()];
     if let Ok(canonical) = std::fs::canonicalize(&roots[0]) {
         roots.push(canonical);
     }
     for root in roots {
-        if let Ok(entries) = std::fs::read_dir(root) {
-            for entry in entries.flatten() {
-                let path = entry.path().to_string_lossy().into_owned();
-                if prefixes.iter().any(|p| path.starts_with(p.as_str())) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
+        bench::remove_dirs_named(&root, &prefixes);
     }
 }
 
@@ -175,68 +142,6 @@ fn median(values: &[f64]) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-struct Table(Vec<[String; 6]>);
-
-impl Table {
-    fn row(&mut self, name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>, note: &str) {
-        let digits = if unit == "s" || value < 10.0 { 2 } else { 1 };
-        let (baseline_text, ratio) = match baseline {
-            Some((what, b)) => (
-                format!("{what} {b:.digits$} {unit}"),
-                if b > 0.0 {
-                    format!("{:.2}", value / b)
-                } else {
-                    String::new()
-                },
-            ),
-            None => (String::new(), String::new()),
-        };
-        self.0.push([
-            name.to_string(),
-            format!("{value:.digits$}"),
-            unit.to_string(),
-            baseline_text,
-            ratio,
-            note.to_string(),
-        ]);
-    }
-
-    fn print(&self) {
-        let headers = [
-            "benchmark (in the nested lab)",
-            "value",
-            "unit",
-            "baseline (same run)",
-            "ratio",
-            "goal / note",
-        ]
-        .map(String::from);
-        let widths: Vec<usize> = (0..6)
-            .map(|i| {
-                self.0
-                    .iter()
-                    .chain([&headers])
-                    .map(|r| r[i].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |r: &[String; 6]| {
-            r.iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let header = line(&headers).trim_end().to_string();
-        println!("{header}");
-        println!("{}", "-".repeat(header.chars().count()));
-        for r in &self.0 {
-            println!("{}", line(r).trim_end());
-        }
     }
 }
 
@@ -770,7 +675,7 @@ fn run(results: &Path) -> Result<Table> {
     let n = all.len();
     let med = |f: &dyn Fn(&Launch) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
     let total = med(&|l| l.sshd);
-    let mut table = Table(Vec::new());
+    let mut table = Table::new("benchmark (in the nested lab)");
     table.row(
         &format!("run-instances -> SSH login, minimal AMI ({INSTANCE_TYPE}), median of {n}"),
         total,
